@@ -1,0 +1,90 @@
+"""The interface RIPT-CFG needs from a policy, and nothing more.
+
+Any flow-matching policy (lerobot's PI0 through `PI0Actor`, the small
+`FlowMatchingMLPPolicy`, or a user's own) plugs into `RIPTCFGLoss`, the
+collector and the recipes by subclassing `FlowMatchingPolicy`. The loss never
+wraps the policy functionally, so DDP can wrap the policy (or the loss module)
+and its hooks run.
+
+Conventions (openpi / lerobot flow matching):
+    t ~ Beta(1.5, 1) * 0.999 + 0.001,  x_t = t * noise + (1 - t) * actions,
+    target velocity u = noise - actions,  sampling integrates from t=1 to t=0.
+
+Optimality labels for CFG mode (CFGRL): 0 = unconditional (null label),
+1 = positive (advantage > 0), 2 = negative (advantage <= 0).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from tensordict import TensorDictBase
+from torch import nn
+
+UNCONDITIONAL, POSITIVE, NEGATIVE = 0, 1, 2
+
+
+def sample_flow_time(batch_size: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flow-matching time as openpi/lerobot draw it: Beta(1.5, 1) * 0.999 + 0.001."""
+    beta = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0))
+    if generator is None:
+        t = beta.sample((batch_size,))
+    else:  # Beta has no generator argument: draw through uniform + inverse CDF of Beta(1.5, 1), x = u^(1/1.5)
+        u = torch.rand(batch_size, generator=generator)
+        t = u.pow(1.0 / 1.5)
+    return (t * 0.999 + 0.001).to(device)
+
+
+class FlowMatchingPolicy(nn.Module, abc.ABC):
+    """A policy that samples action chunks and exposes a per-sample flow-matching loss.
+
+    Subclasses set `chunk_size` (actions predicted per call), `n_action_steps`
+    (actions executed before replanning) and `action_dim` (width of the stored,
+    normalised and padded chunk), and implement the three methods below.
+    """
+
+    chunk_size: int
+    n_action_steps: int
+    action_dim: int
+    supports_cfg: bool = False
+
+    @abc.abstractmethod
+    def sample_actions(
+        self,
+        td: TensorDictBase,
+        *,
+        noise: torch.Tensor | None = None,
+        guidance: float | None = None,
+    ) -> torch.Tensor:
+        """Sample a chunk [B, chunk_size, action_dim] for the observations in `td`.
+
+        `noise` fixes the initial noise (reproducible sampling). `guidance` is the
+        CFG weight w: v = v_uncond + w * (v_pos - v_uncond); None means the
+        policy's default (conditional on nothing when it has no CFG head).
+        """
+
+    @abc.abstractmethod
+    def per_sample_loss(
+        self,
+        td: TensorDictBase,
+        *,
+        noise: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+        optimality: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Flow-matching loss per sample, shape [B], over the stored `action_chunk`.
+
+        Steps outside `td["action_mask"]` ([B, chunk_size] bool, if present) do
+        not count; each sample's loss is the mean over its valid steps and the
+        first `action_dim_loss` dims. `optimality` ([B] int64, CFG labels) is
+        only accepted by policies with `supports_cfg`.
+        """
+
+    def forward(self, td: TensorDictBase) -> TensorDictBase:
+        """Act: write the full chunk and the part to execute, under no_grad."""
+        with torch.no_grad():
+            chunk = self.sample_actions(td)
+        td.set("action_chunk", chunk)
+        td.set("action", chunk[..., : self.n_action_steps, :])
+        return td
