@@ -1,0 +1,73 @@
+"""Preflight checks fail with one line that names the fix."""
+
+import json
+
+import pytest
+
+from ript.recipes.common.preflight import (
+    PreflightError,
+    check_output_dir,
+    check_policy_checkpoint,
+    check_rendering_backend,
+)
+
+
+def test_output_dir_ok_and_created(tmp_path):
+    out = check_output_dir(tmp_path / "a" / "b")
+    assert out.is_dir() and not any(out.iterdir())
+
+
+def test_output_dir_is_a_file(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("keep me")
+    with pytest.raises(PreflightError, match="is a file"):
+        check_output_dir(f)
+    assert f.read_text() == "keep me"
+
+
+def test_output_dir_not_writable(tmp_path, monkeypatch):
+    # CI runs as root, which ignores permission bits: make the write itself fail.
+    from pathlib import Path
+
+    def deny(self, data):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_bytes", deny)
+    with pytest.raises(PreflightError, match="not writable"):
+        check_output_dir(tmp_path)
+
+
+def test_output_dir_not_enough_space(tmp_path):
+    with pytest.raises(PreflightError, match="GB free"):
+        check_output_dir(tmp_path, min_free_gb=1e9)
+
+
+@pytest.mark.parametrize(
+    "setup, match",
+    [
+        (lambda d: None, "no config.json"),
+        (lambda d: (d / "config.json").write_text("{not json"), "not JSON"),
+        (lambda d: (d / "config.json").write_text(json.dumps({"type": "act"})), "not pi0"),
+        (lambda d: (d / "config.json").write_text(json.dumps({"type": "pi0"})), "model.safetensors"),
+    ],
+)
+def test_bad_checkpoints(tmp_path, setup, match):
+    setup(tmp_path)
+    with pytest.raises(PreflightError, match=match) as info:
+        check_policy_checkpoint(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_checkpoint_dir(tmp_path):
+    with pytest.raises(PreflightError, match="not a directory"):
+        check_policy_checkpoint(tmp_path / "nope")
+
+
+def test_rendering_backend_available():
+    check_rendering_backend()
+
+
+def test_rendering_backend_missing(monkeypatch):
+    monkeypatch.setenv("MUJOCO_GL", "no-such-backend")
+    with pytest.raises(PreflightError, match="setup.sh"):
+        check_rendering_backend()
