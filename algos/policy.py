@@ -20,7 +20,7 @@ import abc
 
 import torch
 from tensordict import TensorDictBase
-from torch import nn
+from tensordict.nn import TensorDictModuleBase
 
 UNCONDITIONAL, POSITIVE, NEGATIVE = 0, 1, 2
 
@@ -36,13 +36,21 @@ def sample_flow_time(batch_size: int, device: torch.device | str, generator: tor
     return (t * 0.999 + 0.001).to(device)
 
 
-class FlowMatchingPolicy(nn.Module, abc.ABC):
+class FlowMatchingPolicy(TensorDictModuleBase, abc.ABC):
     """A policy that samples action chunks and exposes a per-sample flow-matching loss.
 
     Subclasses set `chunk_size` (actions predicted per call), `n_action_steps`
     (actions executed before replanning) and `action_dim` (width of the stored,
     normalised and padded chunk), and implement the three methods below.
+
+    It is a `TensorDictModuleBase` (an nn.Module with `in_keys`/`out_keys`), so
+    torchrl's collectors take it as a policy as is. Subclasses may narrow
+    `in_keys` (`self.in_keys = [...]`) to the entries they read.
     """
+
+    # TensorDictModuleBase's in_keys/out_keys properties read these defaults.
+    _in_keys = ["observation"]
+    _out_keys = _out_keys_apparent = ["action_chunk", "action"]
 
     chunk_size: int
     n_action_steps: int
