@@ -1,0 +1,407 @@
+"""Typed configuration for the RIPT-CFG recipes: dataclass schema, YAML configs, CLI.
+
+Plain OmegaConf structured configs (no Hydra runtime), so `python recipes/ript_cfg.py`
+and `torchrun ... recipes/ript_cfg.py` parse arguments the same way:
+
+    python recipes/ript_cfg.py [--config-name NAME] [key.sub=value ...]
+
+A YAML file in configs/ may name a parent with `defaults: [parent]` (or
+`base: parent`); the child's keys override the parent's. Everything is validated
+before any work starts: a bad config raises `ConfigError` with ONE line that names
+the fix, and `main_config` turns that into exit code 2 without a traceback (unless
+`debug=true`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_CONFIG_NAME = "quick_test"  # the main job: one LIBERO task, tiny PI0, < 10 min on 2 CPU cores
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line that names the fix."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class EnvConfig:
+    kind: str = "libero"  # libero | toy (torchrl ToyVLAEnv, for fast tests)
+    suite: str = "libero_object"
+    tasks: list[int] = field(default_factory=lambda: [1])  # task indices in the suite
+    camera_size: int = 128  # rendered camera side (PI0 transforms resize-with-pad to 224)
+    num_envs: int = 2  # parallel env workers
+    max_steps: Optional[int] = None  # simulator steps per episode; None = openpi's per-suite value
+    hard_reset_every: int = 0  # rebuild the simulator every N resets (0 = never)
+    train_init_states: list[int] = field(default_factory=lambda: list(range(0, 40)))  # contexts are drawn from these
+    # toy env only (tracking mode of torchrl's ToyVLAEnv)
+    toy_action_dim: int = 2
+    toy_success_steps: int = 2
+    toy_success_tol: float = 0.3
+    toy_max_steps: int = 8
+
+
+@dataclass
+class TinyPolicyConfig:
+    width: int = 64  # Gemma width of both experts
+    depth: int = 2
+    vision_width: int = 64
+    vision_layers: int = 2
+    image_size: int = 64  # SigLIP input side
+    patch_size: int = 16
+    hidden: int = 64  # MLP policy hidden width
+
+
+@dataclass
+class PolicyConfig:
+    kind: str = "pi0"  # pi0 | mlp
+    path: Optional[str] = None  # local lerobot PI0 checkpoint dir; None = tiny, randomly initialised
+    tiny: TinyPolicyConfig = field(default_factory=TinyPolicyConfig)
+    chunk_size: int = 10
+    n_action_steps: int = 5
+    num_inference_steps: int = 5  # flow-matching integration steps when sampling
+    tokenizer_path: Optional[str] = None  # local tokenizer; None = a locally built tiny tokenizer
+    cfg_conditioning: bool = False  # add the CFGRL optimality embedding (needed by algo.mode=cfg)
+
+
+@dataclass
+class AlgoConfig:
+    mode: str = "weighted"  # weighted | cfg
+    group_size: int = 4  # K rollouts per (task, init state) context
+    contexts_per_iteration: int = 2  # contexts drawn per collection round
+    target_groups: int = 2  # informative groups wanted per iteration
+    max_context_draws: int = 8  # cap on contexts tried per iteration (dynamic sampling)
+    weight_temperature: float = 1.0
+    weight_clip: float = 5.0
+    p_uncond: float = 0.1  # CFG: probability of dropping the optimality label
+    guidance: float = 1.5  # CFG: w in v = v_u + w (v_pos - v_u) when sampling
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    epochs: int = 1
+    minibatch_size: int = 8
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0
+    schedule: str = "constant"  # constant | cosine
+    warmup_steps: int = 0  # optimizer steps of linear warm-up
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 2
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1  # iterations between evaluations
+    init_states: list[int] = field(default_factory=lambda: [40, 41])  # held out from env.train_init_states
+    episodes: int = 2  # episodes per (task, init state) ... capped by len(init_states)
+    at_start: bool = False  # also evaluate before the first update
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1  # iterations between checkpoints (the last iteration always saves)
+    keep_last: int = 2  # periodic checkpoints kept; best is always kept
+    resume: Optional[str] = None  # null | auto (latest in logging.output_dir) | <checkpoint or output dir>
+
+
+@dataclass
+class LoggingConfig:
+    output_dir: Optional[str] = None  # None = runs/<config-name>-<timestamp>
+    csv: bool = True
+    wandb: str = "disabled"  # online | offline | disabled
+    project: str = "ript"
+    run_name: Optional[str] = None
+    video_every: int = 1  # iterations between rollout videos (0 = never)
+    progress: bool = True  # tqdm bars for rollouts and updates
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int = 0  # evaluations without improvement before stopping (0 = off)
+    min_delta: float = 0.0
+
+
+@dataclass
+class SamplingConfig:
+    strategy: str = "uniform"  # uniform | curriculum
+    success_rate_target: float = 0.5  # curriculum: favour contexts whose success rate is near this
+
+
+@dataclass
+class DistributedConfig:
+    backend: str = "auto"  # auto (nccl on cuda, gloo on cpu) | nccl | gloo
+    timeout_s: int = 1800
+
+
+@dataclass
+class RIPTConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    amp: str = "off"  # off | bf16 | fp16 (bf16 autocast on CUDA; fp16 adds a GradScaler; CPU runs off)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    config_name: str = DEFAULT_CONFIG_NAME  # set by the loader
+    debug: bool = False  # full tracebacks on config errors
+
+
+# --------------------------------------------------------------------------- loading
+
+_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "env.kind": ("libero", "toy"),
+    "env.suite": _SUITES,
+    "policy.kind": ("pi0", "mlp"),
+    "algo.mode": ("weighted", "cfg"),
+    "optim.schedule": ("constant", "cosine"),
+    "amp": ("off", "bf16", "fp16"),
+    "logging.wandb": ("online", "offline", "disabled"),
+    "sampling.strategy": ("uniform", "curriculum"),
+    "distributed.backend": ("auto", "nccl", "gloo"),
+}
+
+
+def available_configs(config_dir: Path = CONFIG_DIR) -> list[str]:
+    """Names accepted by --config-name."""
+    return sorted(p.stem for p in config_dir.glob("*.yaml"))
+
+
+def _load_yaml_chain(name: str, config_dir: Path, seen: tuple[str, ...] = ()) -> DictConfig:
+    """Load configs/<name>.yaml merged over its parents (`defaults: [...]` or `base: ...`)."""
+    path = config_dir / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown config '{name}': pick --config-name from {available_configs(config_dir)}")
+    if name in seen:
+        raise ConfigError(f"config inheritance loops through '{name}': fix the defaults/base key of {path}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as e:  # yaml syntax
+        raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix the file") from e
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping of sections: fix the file")
+    parents: list[str] = []
+    for key in ("defaults", "base"):
+        if key in node:
+            value = node.pop(key)
+            parents += [str(v) for v in value] if isinstance(value, ListConfig) else [str(value)]
+    merged = OmegaConf.create({})
+    for parent in parents:
+        merged = OmegaConf.merge(merged, _load_yaml_chain(parent, config_dir, seen + (name,)))
+    return OmegaConf.merge(merged, node)
+
+
+def _normalise_yaml_bools(node: DictConfig) -> None:
+    """YAML reads `off` as False: map amp=False back to the string "off"."""
+    if "amp" in node and isinstance(node["amp"], bool) and node["amp"] is False:
+        node["amp"] = "off"
+
+
+def _one_line(e: OmegaConfBaseException) -> str:
+    msg = str(e).splitlines()[0]
+    key = getattr(e, "full_key", None)
+    if "not in" in msg and key:
+        return f"unknown key '{key}': remove it or fix its spelling (see recipes/common/config.py for the schema)"
+    if key:
+        return f"bad value for '{key}': {msg}; fix the override or YAML"
+    return f"{msg}; fix the override or YAML"
+
+
+def load_config(
+    config_name: str = DEFAULT_CONFIG_NAME,
+    overrides: list[str] | tuple[str, ...] = (),
+    config_dir: Path | str = CONFIG_DIR,
+) -> RIPTConfig:
+    """Schema <- YAML chain <- dotlist overrides, then `validate`. Raises ConfigError."""
+    config_dir = Path(config_dir)
+    schema = OmegaConf.structured(RIPTConfig)
+    yaml_node = _load_yaml_chain(config_name, config_dir)
+    _normalise_yaml_bools(yaml_node)
+    for o in overrides:
+        if "=" not in o or o.startswith("="):
+            raise ConfigError(f"override '{o}' is not key=value: write it like optim.lr=3e-5")
+    try:
+        cli = OmegaConf.from_dotlist(list(overrides))
+    except Exception as e:
+        raise ConfigError(f"cannot parse overrides {list(overrides)} ({str(e).splitlines()[0]}): write them as key=value") from e
+    _normalise_yaml_bools(cli)
+    try:
+        merged = OmegaConf.merge(schema, yaml_node, cli)
+        merged.config_name = config_name
+        cfg: RIPTConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e)) from e
+    validate(cfg)
+    return cfg
+
+
+def _get(cfg: RIPTConfig, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: RIPTConfig) -> None:
+    """Check choices and impossible combinations; raise ConfigError with one line naming the fix."""
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not one of {list(choices)}: set {key}=<one of them>")
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    e, p, a, o, t = cfg.env, cfg.policy, cfg.algo, cfg.optim, cfg.train
+    need(len(e.tasks) > 0, "env.tasks is empty: list at least one task index, e.g. env.tasks=[0]")
+    need(all(i >= 0 for i in e.tasks), "env.tasks has a negative index: use task indices >= 0")
+    need(e.num_envs >= 1, f"env.num_envs={e.num_envs} must be >= 1: set env.num_envs=1 or more")
+    need(e.camera_size >= 16, f"env.camera_size={e.camera_size} is too small: use 16 or more (128 or 256 typical)")
+    need(e.max_steps is None or e.max_steps >= 1, "env.max_steps must be >= 1 or null (openpi's per-suite value)")
+    need(e.hard_reset_every >= 0, "env.hard_reset_every must be >= 0 (0 = never)")
+    need(len(e.train_init_states) > 0, "env.train_init_states is empty: list the init-state ids to train on")
+    held = set(cfg.eval.init_states) & set(e.train_init_states)
+    need(not held, f"eval.init_states {sorted(held)} are also in env.train_init_states: evaluate on held-out init states only")
+    need(p.chunk_size >= 1, f"policy.chunk_size={p.chunk_size} must be >= 1")
+    need(
+        1 <= p.n_action_steps <= p.chunk_size,
+        f"policy.n_action_steps={p.n_action_steps} must be in [1, policy.chunk_size={p.chunk_size}]: lower n_action_steps or raise chunk_size",
+    )
+    need(p.num_inference_steps >= 1, "policy.num_inference_steps must be >= 1")
+    need(a.group_size >= 2, f"algo.group_size={a.group_size} < 2: leave-one-out advantages need groups of 2 or more rollouts")
+    need(a.contexts_per_iteration >= 1, "algo.contexts_per_iteration must be >= 1")
+    need(a.target_groups >= 1, "algo.target_groups must be >= 1")
+    need(
+        a.max_context_draws >= a.target_groups,
+        f"algo.max_context_draws={a.max_context_draws} < algo.target_groups={a.target_groups}: raise max_context_draws",
+    )
+    need(a.weight_temperature > 0, "algo.weight_temperature must be > 0")
+    need(a.weight_clip > 0, "algo.weight_clip must be > 0")
+    need(0.0 <= a.p_uncond < 1.0, f"algo.p_uncond={a.p_uncond} must be in [0, 1)")
+    need(not (a.mode == "cfg" and p.kind == "pi0" and not p.cfg_conditioning),
+         "algo.mode=cfg needs an optimality-conditioned policy: set policy.cfg_conditioning=true")
+    need(o.lr > 0, f"optim.lr={o.lr} must be > 0")
+    need(o.weight_decay >= 0, "optim.weight_decay must be >= 0")
+    need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas must be two numbers in [0, 1), e.g. [0.9,0.95]")
+    need(o.epochs >= 1, "optim.epochs must be >= 1")
+    need(o.minibatch_size >= 1, "optim.minibatch_size must be >= 1")
+    need(o.grad_accum_steps >= 1, "optim.grad_accum_steps must be >= 1")
+    need(o.max_grad_norm > 0, "optim.max_grad_norm must be > 0")
+    need(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+    need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]")
+    # The smallest batch an iteration can yield is target_groups full groups of decision steps (>= 1 step each).
+    min_batch = a.target_groups * a.group_size
+    need(
+        o.minibatch_size <= min_batch,
+        f"optim.minibatch_size={o.minibatch_size} > the smallest batch (algo.target_groups*algo.group_size={min_batch} decision steps): lower optim.minibatch_size",
+    )
+    need(t.iterations >= 1, f"train.iterations={t.iterations} must be >= 1")
+    need(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), f"train.device={t.device!r}: use auto, cpu, cuda or cuda:N")
+    need(cfg.eval.every > 0, f"eval.every={cfg.eval.every} must be > 0: evaluate every N >= 1 iterations")
+    need(cfg.eval.episodes >= 1, "eval.episodes must be >= 1")
+    need(len(cfg.eval.init_states) > 0, "eval.init_states is empty: list held-out init-state ids")
+    need(cfg.checkpoint.every > 0, f"checkpoint.every={cfg.checkpoint.every} must be > 0")
+    need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1")
+    need(cfg.logging.video_every >= 0, "logging.video_every must be >= 0 (0 = no videos)")
+    need(cfg.early_stopping.patience >= 0, "early_stopping.patience must be >= 0 (0 = off)")
+    need(cfg.early_stopping.min_delta >= 0, "early_stopping.min_delta must be >= 0")
+    need(0 < cfg.sampling.success_rate_target < 1, "sampling.success_rate_target must be in (0, 1)")
+    need(cfg.distributed.timeout_s > 0, "distributed.timeout_s must be > 0")
+    need(not (cfg.amp == "fp16" and t.device == "cpu"), "amp=fp16 needs CUDA: set amp=off on CPU (or bf16 on a GPU)")
+
+
+def to_yaml(cfg: RIPTConfig) -> str:
+    """The resolved config as YAML (stored beside logs and in checkpoints)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: RIPTConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> RIPTConfig:
+    """Rebuild a config stored in a checkpoint (validated like a fresh one)."""
+    try:
+        cfg: RIPTConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RIPTConfig), data))  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e)) from e
+    validate(cfg)
+    return cfg
+
+
+def parse_args(argv: list[str]) -> tuple[str, list[str]]:
+    """Split `[--config-name NAME] [key=value ...]` (also `--config-name=NAME`, `-cn NAME`)."""
+    name, overrides, i = DEFAULT_CONFIG_NAME, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config-name", "-cn"):
+            if i + 1 >= len(argv):
+                raise ConfigError("--config-name needs a value: e.g. --config-name quick_test")
+            name, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config-name="):
+            name = arg.split("=", 1)[1]
+        elif arg in ("-h", "--help"):
+            raise ConfigError(
+                f"usage: [--config-name NAME] [key.sub=value ...]; configs: {available_configs()}; schema: recipes/common/config.py"
+            )
+        elif arg.startswith("-"):
+            raise ConfigError(f"unknown flag '{arg}': only --config-name NAME and key=value overrides are accepted")
+        else:
+            overrides.append(arg)
+        i += 1
+    return name, overrides
+
+
+T = TypeVar("T")
+
+
+def main_config(argv: list[str] | None = None, config_dir: Path | str = CONFIG_DIR) -> RIPTConfig:
+    """Parse the CLI into a validated config, or print one error line and exit with code 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = any(a.strip().lower() in ("debug=true", "debug=1") for a in argv)
+    try:
+        name, overrides = parse_args(argv)
+        return load_config(name, overrides, config_dir)
+    except ConfigError as e:
+        if debug:
+            raise
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_main(fn: Callable[[RIPTConfig], T], argv: list[str] | None = None) -> T:
+    """Load the config and call `fn(cfg)`; errors the user can fix (ConfigError) exit 2 in one line."""
+    cfg = main_config(argv)
+    try:
+        return fn(cfg)
+    except ConfigError as e:
+        if cfg.debug:
+            raise
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,96 @@
+"""Optimizer, LR schedule, mixed precision and early stopping, built from the config.
+
+Schedules are per optimizer step: linear warm-up to `lr` over `warmup_steps`, then
+constant or cosine down to `min_lr_ratio * lr` at `total_steps`. AMP: bf16 autocast
+on CUDA (no scaler needed), fp16 autocast + GradScaler as an option, nothing on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from .config import ConfigError
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, betas: list[float]) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ConfigError("the policy has no trainable parameters: check the policy's freezing options")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(betas[0], betas[1]))
+
+
+def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the base LR at optimizer step `step` (0-based)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise ConfigError(f"optim.schedule={schedule!r} is unknown: use constant or cosine")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, *, schedule: str, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR whose state (last_epoch) checkpoints and resumes exactly."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_factor(s, schedule=schedule, warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=min_lr_ratio),
+    )
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None when mixed precision is off (always off on CPU)."""
+    if amp == "off" or device.type != "cuda":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    dtype = amp_dtype(amp, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """A GradScaler for fp16 on CUDA (bf16 has fp32's range and needs none)."""
+    if amp == "fp16" and device.type == "cuda":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+class EarlyStopping:
+    """Stop when the evaluation success rate has not improved by `min_delta` for `patience` evaluations."""
+
+    def __init__(self, patience: int = 0, min_delta: float = 0.0) -> None:
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best: float | None = None
+        self.bad_evals = 0
+
+    def update(self, value: float) -> bool:
+        """Record one evaluation; returns True if it is a new best."""
+        if self.best is None or value > self.best + self.min_delta:
+            self.best = value
+            self.bad_evals = 0
+            return True
+        self.bad_evals += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_evals >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_evals = state["best"], state["bad_evals"]
