@@ -8,3 +8,12 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"] if os.environ["MUJOCO_GL"] in ("egl", "osmesa") else "egl")
+
+from .normalization import NormStats  # noqa: E402
+from .transforms import (  # noqa: E402
+    PI0ActionTransform,
+    PI0ImageTransform,
+    PI0StateTransform,
+    PI0TokenizeTransform,
+    make_pi0_transforms,
+)
