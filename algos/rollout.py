@@ -1,0 +1,254 @@
+"""The RIPT-CFG iteration as env-agnostic building blocks: collect -> advantage -> buffer -> update.
+
+The LIBERO recipe (recipes/ript_cfg.py) and the toy learning check
+(benchmarks/learning_toy.py, tests/algos/test_learning_toy.py) run the same
+functions, so what the toy check proves is what the recipe runs:
+
+    batches = iter(Collector(env, policy, frames_per_batch=...))
+    adv = GroupLOOAdvantage(group_size=K)
+    data, stats = collect_informative_groups(batches, adv, target_groups=G, max_batches=M)
+    refill_replay_buffer(buffer, data)
+    metrics = update_policy(loss_module, buffer, optimizer, epochs=..., minibatch_size=...)
+
+Nothing here imports LIBERO or ript.envs. `make_toy_vla_env` builds torchrl's
+ToyVLAEnv with the same grouping contract as the LIBERO env: one "group_id"
+per context, K consecutive episodes per context (`group_repeats`), one env
+step per action chunk (MultiAction), a decision-step limit (StepCounter).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data.replay_buffers.samplers import SamplerWithoutReplacement
+from torchrl.envs import Compose, EnvBase, SerialEnv, StepCounter, TransformedEnv
+from torchrl.envs.transforms import MultiAction
+
+from .advantages import GroupLOOAdvantage
+
+GROUP_ID_STRIDE = 1_000_000  # group ids of toy env i start at i * GROUP_ID_STRIDE: groups never mix across envs
+
+
+# -- toy environment ---------------------------------------------------------------
+def _toy_env(index: int, *, seed: int, group_size: int | None, n_action_steps: int, max_steps: int, **toy_kwargs) -> EnvBase:
+    from torchrl.envs.custom import ToyVLAEnv
+
+    base = ToyVLAEnv(
+        group_repeats=group_size,
+        group_id_offset=index * GROUP_ID_STRIDE,
+        seed=seed * 10_007 + index,
+        **toy_kwargs,
+    )
+    return TransformedEnv(base, Compose(MultiAction(stack_rewards=False), StepCounter(max_steps=max_steps)))
+
+
+def make_toy_vla_env(
+    num_envs: int,
+    group_size: int | None,
+    *,
+    n_action_steps: int,
+    max_steps: int,
+    seed: int = 0,
+    action_dim: int = 2,
+    state_dim: int = 4,
+    success_steps: int = 3,
+    success_tol: float = 0.25,
+) -> EnvBase:
+    """SerialEnv of `num_envs` ToyVLAEnv (tracking mode) in groups of `group_size` episodes per target.
+
+    Each env step executes one chunk of `n_action_steps` actions (the policy's
+    "action" is [num_envs, n_action_steps, action_dim]); episodes end on success
+    (`success_steps` consecutive in-tolerance actions) or after `max_steps`
+    decision steps. `group_size=None` gives a fresh target every episode (evaluation).
+    """
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
+    make = functools.partial(
+        _toy_env,
+        seed=seed,
+        group_size=group_size,
+        n_action_steps=n_action_steps,
+        max_steps=max_steps,
+        action_dim=action_dim,
+        state_dim=state_dim,
+        success_steps=success_steps,
+        success_tol=success_tol,
+    )
+    return SerialEnv(num_envs, [functools.partial(make, i) for i in range(num_envs)])
+
+
+# -- collection ---------------------------------------------------------------------
+def collect_informative_groups(
+    batches: Iterator[TensorDictBase],
+    advantage: GroupLOOAdvantage,
+    *,
+    target_groups: int,
+    max_batches: int,
+) -> tuple[TensorDictBase | None, dict[str, float]]:
+    """Dynamic sampling: pull collector batches until `target_groups` informative groups are kept, or `max_batches`.
+
+    `batches` is one persistent iterator over a collector (`iter(collector)`,
+    created once and reused across iterations, so episodes in flight carry over).
+    Returns the kept decision steps (flat, with advantages) or None, and stats:
+    batches, frames, trajectories, success_rate, kept_groups, dropped_groups,
+    pending_groups, collect_time_s. Groups that complete are scored on every
+    trajectory, so success_rate is the acting policy's success over them.
+    """
+    if not isinstance(batches, Iterator):
+        raise TypeError("batches must be an iterator: create it once with iter(collector) and pass the same one every iteration.")
+    if target_groups < 1 or max_batches < 1:
+        raise ValueError(f"target_groups and max_batches must be >= 1, got {target_groups} and {max_batches}.")
+    advantage.reset_stats()
+    start = time.perf_counter()
+    kept: list[TensorDictBase] = []
+    frames = 0
+    n_batches = 0
+    while n_batches < max_batches and advantage.kept_groups < target_groups:
+        batch = next(batches)
+        n_batches += 1
+        frames += batch.numel()
+        out = advantage(batch)
+        if out is not None:
+            kept.append(out)
+    stats = advantage.stats()
+    stats.update(batches=n_batches, frames=frames, collect_time_s=time.perf_counter() - start)
+    data = torch.cat(kept, 0) if kept else None
+    return data, stats
+
+
+# -- replay buffer ------------------------------------------------------------------
+def make_replay_buffer(capacity: int, *, device: torch.device | str | None = None) -> TensorDictReplayBuffer:
+    """On-policy buffer of decision steps: TensorDictReplayBuffer over LazyTensorStorage (dtypes kept: uint8 images stay uint8)."""
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}.")
+    return TensorDictReplayBuffer(storage=LazyTensorStorage(capacity, device=device if device is not None else "cpu"), sampler=SamplerWithoutReplacement())
+
+
+def refill_replay_buffer(buffer: TensorDictReplayBuffer, data: TensorDictBase | None) -> int:
+    """Replace the buffer's content by `data` (on-policy: one iteration's kept steps); returns its length."""
+    buffer.empty()
+    if data is None or data.numel() == 0:
+        return 0
+    capacity = buffer._storage.max_size
+    if data.numel() > capacity:
+        raise ValueError(f"{data.numel()} kept steps exceed the buffer capacity {capacity}; raise the capacity or lower target_groups.")
+    buffer.extend(data.reshape(-1))
+    return len(buffer)
+
+
+# -- update ------------------------------------------------------------------------
+def update_policy(
+    loss_module: Callable[[TensorDictBase], TensorDictBase],
+    buffer: TensorDictReplayBuffer,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int = 1,
+    minibatch_size: int = 64,
+    grad_accum_steps: int = 1,
+    max_grad_norm: float | None = 1.0,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Epochs x shuffled minibatches of the buffer: loss -> backward -> (accumulate) -> clip -> step.
+
+    Each optimiser step averages `grad_accum_steps` minibatches. A minibatch
+    whose loss is non-finite is not back-propagated, and a step whose gradient
+    norm is non-finite is skipped (gradients zeroed); both are counted in
+    `skipped_nonfinite`. `amp_dtype` runs the loss under torch.autocast; pass a
+    GradScaler for float16. `loss_module` may be DDP-wrapped (it is only called).
+    Returns the means of the loss outputs plus optimizer_steps, skipped_nonfinite,
+    grad_norm and lr.
+    """
+    n = len(buffer)
+    if n == 0:
+        raise ValueError("the replay buffer is empty: collect informative groups before update_policy (or skip the update).")
+    if epochs < 1 or minibatch_size < 1 or grad_accum_steps < 1:
+        raise ValueError(f"epochs, minibatch_size and grad_accum_steps must be >= 1, got {epochs}, {minibatch_size}, {grad_accum_steps}.")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sums: dict[str, float] = defaultdict(float)
+    counted = 0
+    steps = skipped = 0
+    grad_norms: list[float] = []
+    pending = 0
+    optimizer.zero_grad(set_to_none=True)
+
+    def _step() -> None:
+        nonlocal steps, skipped, pending
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else math.inf)
+        if not torch.isfinite(norm):
+            skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.update()
+        else:
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            steps += 1
+            grad_norms.append(float(norm))
+            optimizer.zero_grad(set_to_none=True)
+        pending = 0
+
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, minibatch_size):
+            batch = buffer[order[start : start + minibatch_size]]
+            if device is not None:
+                batch = batch.to(device)
+            autocast = torch.autocast(device_type=torch.device(device or "cpu").type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+            with autocast:
+                out = loss_module(batch)
+            loss = out["loss_ript_cfg"] if "loss_ript_cfg" in out.keys() else sum(v for k, v in out.items() if k.startswith("loss"))
+            if not torch.isfinite(loss):
+                skipped += 1
+                continue
+            scaled = loss / grad_accum_steps
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            pending += 1
+            for key, value in out.items():
+                sums[key] += float(value.detach())
+            counted += 1
+            if pending == grad_accum_steps:
+                _step()
+    if pending:
+        _step()
+    metrics = {key: value / max(counted, 1) for key, value in sums.items()}
+    metrics.update(
+        optimizer_steps=steps,
+        skipped_nonfinite=skipped,
+        grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
+        lr=optimizer.param_groups[0]["lr"],
+    )
+    return metrics
+
+
+# -- evaluation --------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_success_rate(env: EnvBase, policy: Callable[[TensorDictBase], TensorDictBase], *, episodes: int, max_steps: int) -> float:
+    """Success rate over `episodes` episodes (success anywhere in an episode counts), batched over env's batch dim."""
+    n_envs = max(env.batch_size.numel(), 1)
+    wins = total = 0
+    while total < episodes:
+        traj = env.rollout(max_steps, policy, break_when_any_done=False, break_when_all_done=True)
+        success = traj.get(("next", "success")).reshape(n_envs, traj.shape[-1], -1).any(-1).any(-1)
+        take = min(n_envs, episodes - total)
+        wins += int(success[:take].sum())
+        total += take
+    return wins / total
