@@ -120,6 +120,9 @@ class PI0Actor(FlowMatchingPolicy):
         image_keys: lerobot image feature -> tensordict key; default pairs the config's image
             features in order with ("observation", "image"), ("observation", "wrist_image").
         dataset_stats: normalisation statistics of the checkpoint (for the env transforms).
+        freeze_unreachable: set requires_grad=False on the parameters PI0's action loss can never
+            reach (see `unreachable_parameters`): optimisers skip them anyway (no grad), and DDP
+            then needs no `find_unused_parameters`.
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class PI0Actor(FlowMatchingPolicy):
         loss_action_dims: int | None = None,
         image_keys: Mapping[str, Any] | None = None,
         dataset_stats: dict[str, dict[str, torch.Tensor]] | None = None,
+        freeze_unreachable: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(policy, PI0Policy):
@@ -158,10 +162,9 @@ class PI0Actor(FlowMatchingPolicy):
         self.in_keys = [*self.image_keys.values(), TD_STATE, TD_TASK]
         self._token_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-        # The action expert's lm_head is never used by PI0 (its token embedding is removed):
-        # freeze it so "every trainable parameter gets a gradient" holds (DDP needs that).
-        expert_head = policy.model.paligemma_with_expert.gemma_expert.lm_head
-        expert_head.weight.requires_grad_(False)
+        if freeze_unreachable:
+            for param in self.unreachable_parameters():
+                param.requires_grad_(False)
 
         self.supports_cfg = bool(supports_cfg)
         self.default_guidance = default_guidance
@@ -174,6 +177,21 @@ class PI0Actor(FlowMatchingPolicy):
             policy.model.action_time_mlp_out.register_forward_hook(self._add_label_embedding)
         else:
             self.label_embed = None
+
+    def unreachable_parameters(self) -> list[nn.Parameter]:
+        """Parameters with no path to the action expert's output, by PI0's structure.
+
+        The suffix (action) tokens read the VLM only through each layer's keys and values, so
+        the VLM's last-layer query/output projections, its last MLP and post-attention norm,
+        its final norm and both language-model heads never receive a gradient.
+        """
+        pwe = self.policy.model.paligemma_with_expert
+        vlm = pwe.paligemma.model.language_model
+        last = vlm.layers[-1]
+        modules = [pwe.paligemma.lm_head, pwe.gemma_expert.lm_head, vlm.norm, last.self_attn.q_proj,
+                   last.self_attn.o_proj, last.post_attention_layernorm, last.mlp]
+        embed = vlm.embed_tokens.weight  # PaliGemma may tie lm_head to the (used) token embedding
+        return [p for m in modules for p in m.parameters() if p is not embed]
 
     # -- construction --------------------------------------------------------------------
     @classmethod

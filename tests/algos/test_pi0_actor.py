@@ -1,0 +1,277 @@
+"""PI0Actor on a tiny lerobot PI0: sampling, loss parity with lerobot, masking, CFG, save/load, Collector."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lerobot.policies.pi0.modeling_pi0 import PI0Policy
+from tensordict import NonTensorData, TensorDict
+from torchrl.collectors import Collector
+from torchrl.data import Bounded, Composite, NonTensor, Unbounded
+from torchrl.envs import EnvBase, SerialEnv
+
+from ript.algos import PI0Actor, TinyPI0Spec, build_libero_tokenizer, load_preprocessor_stats, tiny_pi0_sizes
+
+CHUNK, STEPS, PX, B = 4, 2, 32, 3
+TASKS = ["put the bowl on the plate", "open the top drawer of the cabinet", "put the bowl on the plate"]
+
+
+def make_actor(**kw) -> PI0Actor:
+    return PI0Actor.tiny(chunk_size=CHUNK, n_action_steps=STEPS, image_size=PX, num_inference_steps=3, **kw)
+
+
+@pytest.fixture(scope="module")
+def actor() -> PI0Actor:
+    return make_actor()
+
+
+@pytest.fixture(scope="module")
+def cfg_actor() -> PI0Actor:
+    return make_actor(supports_cfg=True)
+
+
+def obs_td(batch: int = B, seed: int = 0) -> TensorDict:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDict(
+        {
+            "observation": {
+                "image": torch.randint(0, 256, (batch, 3, PX, PX), generator=g, dtype=torch.uint8),
+                "wrist_image": torch.randint(0, 256, (batch, 3, PX, PX), generator=g, dtype=torch.uint8),
+                "state": torch.randn(batch, 32, generator=g),
+            },
+            "task": TASKS[:batch],
+        },
+        [batch],
+    )
+
+
+def train_td(seed: int = 0) -> TensorDict:
+    td = obs_td(seed=seed)
+    chunk = torch.zeros(B, CHUNK, 32)
+    chunk[..., :7] = torch.randn(B, CHUNK, 7, generator=torch.Generator().manual_seed(seed + 1))
+    td["action_chunk"] = chunk
+    return td
+
+
+def fixed_noise_time(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, CHUNK, 32, generator=g), torch.rand(B, generator=g) * 0.9 + 0.05
+
+
+def test_tiny_actor_samples_reproducibly_with_fixed_noise(actor):
+    td = obs_td()
+    noise = torch.randn(B, CHUNK, 32)
+    a, b = actor.sample_actions(td, noise=noise), actor.sample_actions(td, noise=noise)
+    assert a.shape == (B, CHUNK, 32) and torch.equal(a, b)
+    assert not torch.allclose(a, actor.sample_actions(td, noise=torch.randn(B, CHUNK, 32)))
+    out = actor(td.clone())
+    assert out["action_chunk"].shape == (B, CHUNK, 32) and out["action"].shape == (B, STEPS, 32)
+    assert torch.equal(out["action"], out["action_chunk"][:, :STEPS])
+    # unbatched and 2-d batches reshape through the flat path
+    assert actor.sample_actions(td[0], noise=noise[0]).shape == (CHUNK, 32)
+    torch.testing.assert_close(actor.sample_actions(td[0], noise=noise[0]), a[0], rtol=1e-4, atol=1e-5)
+
+
+def test_language_tokens_in_td_match_task_strings(actor):
+    td = obs_td()
+    noise = torch.randn(B, CHUNK, 32)
+    from_strings = actor.sample_actions(td, noise=noise)
+    tokens, mask = actor.tokenize(TASKS)
+    assert tokens[0, 0].item() == actor.tokenizer.bos_token_id and mask.dtype == torch.bool
+    td2 = td.exclude("task").clone()  # exclude shares the nested "observation" tensordict
+    td2["observation", "language_tokens"], td2["observation", "language_attention_mask"] = tokens, mask
+    assert torch.equal(actor.sample_actions(td2, noise=noise), from_strings)
+    with pytest.raises(KeyError, match="language"):
+        actor.sample_actions(td.exclude("task"))
+
+
+def test_per_sample_loss_equals_lerobot_forward(actor):
+    td = train_td()
+    noise, time = fixed_noise_time()
+    ours = actor.per_sample_loss(td, noise=noise, time=time)
+    batch = actor.lerobot_batch(td)
+    batch["action"] = td["action_chunk"][..., :7]  # lerobot pads actions with zeros itself
+    model = actor.policy.model
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model, "sample_noise", lambda shape, device: noise)
+        mp.setattr(model, "sample_time", lambda n, device: time)
+        theirs, _ = actor.policy.forward(batch, reduction="none")
+    assert ours.shape == (B,)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_mask_weights_valid_steps_and_ignores_masked_targets(actor):
+    td = train_td()
+    noise, time = fixed_noise_time()
+    per_step = []
+    for j in range(CHUNK):  # loss of step j alone
+        one = torch.zeros(B, CHUNK, dtype=torch.bool)
+        one[:, j] = True
+        per_step.append(actor.per_sample_loss(td.set("action_mask", one), noise=noise, time=time))
+    per_step = torch.stack(per_step, -1)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    masked = actor.per_sample_loss(td.set("action_mask", mask), noise=noise, time=time)
+    expected = (per_step * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+    torch.testing.assert_close(masked, expected)
+    assert masked[2] == 0  # no valid step: no loss
+    full = actor.per_sample_loss(td.set("action_mask", torch.ones(B, CHUNK, dtype=torch.bool)), noise=noise, time=time)
+    torch.testing.assert_close(full, per_step.mean(-1))
+    assert not torch.allclose(masked[:2], full[:2])
+    # At t = 1 the input x_t is pure noise, so a masked step's action only enters its own target: no effect.
+    ones = torch.ones(B)
+    base = actor.per_sample_loss(td.set("action_mask", mask), noise=noise, time=ones)
+    td2 = td.clone()
+    td2["action_chunk"][:, 3] += 5.0
+    torch.testing.assert_close(actor.per_sample_loss(td2, noise=noise, time=ones), base)
+    td2["action_chunk"][:, 0] += 5.0
+    assert not torch.allclose(actor.per_sample_loss(td2, noise=noise, time=ones)[:2], base[:2])
+
+
+def test_loss_action_dims_counts_padded_dims_when_asked(actor):
+    td = train_td()
+    noise, time = fixed_noise_time()
+    wide = PI0Actor(actor.policy, tokenizer=actor.tokenizer, loss_action_dims=32)
+    assert actor.action_dim_loss == 7 and wide.action_dim_loss == 32
+    assert not torch.allclose(wide.per_sample_loss(td, noise=noise, time=time), actor.per_sample_loss(td, noise=noise, time=time))
+    with pytest.raises(ValueError, match="loss_action_dims"):
+        PI0Actor(actor.policy, loss_action_dims=33)
+
+
+def test_gradients_reach_every_trainable_parameter(cfg_actor):
+    cfg_actor.zero_grad(set_to_none=True)
+    loss = cfg_actor.per_sample_loss(train_td(), optimality=torch.tensor([1, 2, 0])).mean()
+    loss.backward()
+    trainable = [(n, p) for n, p in cfg_actor.named_parameters() if p.requires_grad]
+    assert len(trainable) > 20
+    no_grad = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    assert no_grad == [], no_grad
+    cfg_actor.zero_grad(set_to_none=True)
+
+
+def test_cfg_zero_init_and_guidance_zero_equals_unconditional(cfg_actor):
+    td = train_td()
+    noise, time = fixed_noise_time()
+    losses = [cfg_actor.per_sample_loss(td, noise=noise, time=time, optimality=torch.full((B,), k)) for k in (0, 1, 2)]
+    plain = cfg_actor.per_sample_loss(td, noise=noise, time=time)
+    for loss in losses:
+        torch.testing.assert_close(loss, plain, rtol=0, atol=0)
+    obs = obs_td()
+    uncond = cfg_actor.sample_actions(obs, noise=noise)
+    # Make the positive label matter, then check w = 0 still equals unconditional exactly and w = 1 does not.
+    with torch.no_grad():
+        cfg_actor.label_embed.weight[1].normal_()
+    try:
+        torch.testing.assert_close(cfg_actor.sample_actions(obs, noise=noise, guidance=0.0), uncond, rtol=0, atol=0)
+        assert not torch.allclose(cfg_actor.sample_actions(obs, noise=noise, guidance=1.0), uncond)
+        pos = cfg_actor.per_sample_loss(td, noise=noise, time=time, optimality=torch.full((B,), 1))
+        assert not torch.allclose(pos, plain)
+        torch.testing.assert_close(cfg_actor.sample_actions(obs, noise=noise), uncond)  # label state does not leak
+    finally:
+        with torch.no_grad():
+            cfg_actor.label_embed.weight.zero_()
+    with pytest.raises(ValueError, match="supports_cfg"):
+        make_actor().per_sample_loss(td, optimality=torch.ones(B, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels must be 0"):
+        cfg_actor.per_sample_loss(td, optimality=torch.full((B,), 3))
+
+
+def test_save_load_round_trip_with_lerobot_from_pretrained(cfg_actor, tmp_path):
+    obs = obs_td()
+    noise = torch.randn(B, CHUNK, 32)
+    with torch.no_grad():
+        cfg_actor.label_embed.weight[1].normal_()
+    try:
+        expected, guided = cfg_actor.sample_actions(obs, noise=noise), cfg_actor.sample_actions(obs, noise=noise, guidance=1.5)
+        cfg_actor.save_pretrained(tmp_path)
+        # lerobot's own loader reads the checkpoint once the tiny sizes apply
+        with tiny_pi0_sizes(TinyPI0Spec.load(tmp_path)):
+            theirs = PI0Policy.from_pretrained(tmp_path)
+        batch = cfg_actor.lerobot_batch(obs)
+        images, img_masks = theirs._preprocess_images(batch)
+        chunk = theirs.model.sample_actions(images, img_masks, batch["observation.language.tokens"], batch["observation.language.attention_mask"], theirs.prepare_state(batch), noise=noise)
+        torch.testing.assert_close(chunk, expected)
+        loaded = PI0Actor.from_pretrained(tmp_path, device="cpu")
+        assert loaded.supports_cfg and loaded.tiny_spec == cfg_actor.tiny_spec
+        torch.testing.assert_close(loaded.sample_actions(obs, noise=noise), expected)
+        torch.testing.assert_close(loaded.sample_actions(obs, noise=noise, guidance=1.5), guided)
+    finally:
+        with torch.no_grad():
+            cfg_actor.label_embed.weight.zero_()
+    # without the tiny spec the weights do not fit lerobot's full-size PI0: a clear error, not random weights
+    (tmp_path / "tiny_pi0.json").unlink()
+    with pytest.raises(Exception):
+        PI0Actor.from_pretrained(tmp_path / "missing")
+
+
+def test_preprocessor_stats_are_picked_up(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"observation.state.mean": torch.arange(8.0), "action.std": torch.ones(7)}, str(tmp_path / "policy_preprocessor_step_3_normalizer_processor.safetensors"))
+    stats = load_preprocessor_stats(tmp_path)
+    assert torch.equal(stats["observation.state"]["mean"], torch.arange(8.0)) and stats["action"]["std"].shape == (7,)
+    assert load_preprocessor_stats(tmp_path / "nothing") is None
+
+
+def test_tokenizer_is_offline_and_paligemma_shaped():
+    tok = build_libero_tokenizer()
+    out = tok(["Pick up the ketchup and place it in the basket\n"], max_length=16, padding="max_length", truncation=True, return_tensors="pt")
+    ids = out["input_ids"][0].tolist()
+    assert ids[0] == tok.bos_token_id == 2 and tok.pad_token_id == 0 and tok.unk_token_id not in ids
+    assert tok.convert_ids_to_tokens(ids[11]) == "\n" and ids[12:] == [0] * 4
+    assert out["attention_mask"][0].sum() == 12
+
+
+class FakeLiberoEnv(EnvBase):
+    """PI0-transformed observations (tiny images), chunked actions, a task string; ends after 3 steps."""
+
+    def __init__(self, task: str):
+        super().__init__(batch_size=[])
+        self.task = task
+        self.observation_spec = Composite(
+            observation=Composite(
+                image=Bounded(0, 255, (3, PX, PX), dtype=torch.uint8),
+                wrist_image=Bounded(0, 255, (3, PX, PX), dtype=torch.uint8),
+                state=Unbounded((32,)),
+            ),
+            task=NonTensor(shape=(), example_data=task),
+        )
+        self.action_spec = Unbounded((STEPS, 32))
+        self.reward_spec = Unbounded((1,))
+        self.t = 0
+
+    def _obs(self) -> TensorDict:
+        return TensorDict(
+            {
+                "observation": {
+                    "image": torch.randint(0, 256, (3, PX, PX), dtype=torch.uint8),
+                    "wrist_image": torch.randint(0, 256, (3, PX, PX), dtype=torch.uint8),
+                    "state": torch.randn(32),
+                },
+                "task": NonTensorData(self.task),
+            },
+            [],
+        )
+
+    def _reset(self, td=None):
+        self.t = 0
+        return self._obs().set("done", torch.zeros(1, dtype=torch.bool)).set("terminated", torch.zeros(1, dtype=torch.bool))
+
+    def _step(self, td):
+        assert td["action"].shape == (STEPS, 32)
+        self.t += 1
+        done = torch.tensor([self.t >= 3])
+        return self._obs().update({"reward": -td["action"][..., :7].abs().mean().reshape(1), "done": done, "terminated": done})
+
+    def _set_seed(self, seed):
+        torch.manual_seed(seed)
+
+
+def test_actor_is_a_collector_policy_on_a_batched_env(actor):
+    env = SerialEnv(2, [lambda: FakeLiberoEnv(TASKS[0]), lambda: FakeLiberoEnv(TASKS[1])])
+    collector = Collector(env, actor, frames_per_batch=4, total_frames=4)
+    try:
+        batch = next(iter(collector))
+    finally:
+        collector.shutdown()
+    assert batch["action_chunk"].shape[-2:] == (CHUNK, 32) and batch["action"].shape[-2:] == (STEPS, 32)
+    assert batch.numel() == 4 and torch.isfinite(batch["next", "reward"]).all()
