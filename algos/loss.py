@@ -122,7 +122,7 @@ class RIPTCFGLoss(LossModule):
         adv = advantage.detach().float()
         if self.normalize_advantage and adv.numel() > 1:
             adv = adv / (adv.std() + 1e-6)
-        raw = torch.exp((adv / self.temperature).clamp(max=50.0))
+        raw = torch.exp((adv / self.temperature).clamp(min=-50.0, max=50.0))  # min: all-equal negative advantages gave 0/0
         return (raw / raw.mean()).clamp(max=self.w_max)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
