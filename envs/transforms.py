@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tensordict import NonTensorData, NonTensorStack, TensorDictBase
+from tensordict import NonTensorData, NonTensorStack, TensorDictBase, unravel_key
 from tensordict.utils import NestedKey
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs.transforms import Transform
@@ -306,7 +306,7 @@ def make_pi0_transforms(
     norm_stats: NormStats,
     image_size: int = 224,
     camera_keys: Sequence[NestedKey] = (keys.AGENTVIEW_IMAGE, keys.EYE_IN_HAND_IMAGE),
-    image_out_keys: Sequence[NestedKey] = (keys.PI0_IMAGE, keys.PI0_WRIST_IMAGE),
+    image_out_keys: Sequence[NestedKey] | None = None,
     tokenizer: Any | None = None,
     tokenizer_max_length: int = 48,
     max_state_dim: int = 32,
@@ -321,8 +321,16 @@ def make_pi0_transforms(
     normalised with `norm_stats` and padded to `max_state_dim`. Actions: the
     env accepts [..., max_action_dim] normalised actions and the simulator gets
     [..., action_dim] unnormalised and clipped. With a `tokenizer`, the task is
-    tokenised to `tokenizer_max_length` tokens.
+    tokenised to `tokenizer_max_length` tokens. `image_out_keys` defaults to
+    agentview -> PI0_IMAGE and eye-in-hand -> PI0_WRIST_IMAGE.
     """
+    if image_out_keys is None:
+        default_out = {keys.AGENTVIEW_IMAGE: keys.PI0_IMAGE, keys.EYE_IN_HAND_IMAGE: keys.PI0_WRIST_IMAGE}
+        camera_keys = [unravel_key(k) for k in camera_keys]
+        unknown = [k for k in camera_keys if k not in default_out]
+        if unknown:
+            raise ValueError(f"no default PI0 image key for cameras {unknown}; pass image_out_keys")
+        image_out_keys = [default_out[k] for k in camera_keys]
     transforms: list[Transform] = [
         PI0ImageTransform(camera_keys, image_out_keys, image_size=image_size, drop_inputs=not keep_raw_images),
         PI0StateTransform(norm_stats, pad_to=max_state_dim),

@@ -36,18 +36,21 @@ def _stats() -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
+STEP_ACTION = np.array([0.3, -0.2, 0.1, 0.05, 0.0, -0.1, -1.0], dtype=np.float32)
+
+
 @pytest.fixture(scope="module")
-def lerobot_frame():
-    """One raw observation from lerobot's LIBERO env after reset (10 settle steps) and one step."""
+def lerobot_frames():
+    """Raw observations from lerobot's LIBERO env (init state 0): after reset (10 settle steps), after one step."""
     from lerobot.envs.libero import LiberoEnv, _get_suite
 
     suite = _get_suite("libero_object")
     env = LiberoEnv(suite, task_id=1, task_suite_name="libero_object", obs_type="pixels_agent_pos",
                     observation_height=H, observation_width=W)
     try:
-        env.reset(seed=0)
-        obs, *_ = env.step(np.array([0.3, -0.2, 0.1, 0.05, 0.0, -0.1, -1.0], dtype=np.float32))
-        yield obs, env.task_description
+        obs_reset, _ = env.reset(seed=0)
+        obs_step, *_ = env.step(STEP_ACTION)
+        yield obs_reset, obs_step, env.task_description
     finally:
         env.close()
 
@@ -113,10 +116,10 @@ def _ours_raw_td(obs: dict, task: str) -> TensorDict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("norm_mode", ["MEAN_STD", "QUANTILES"])
-def test_matches_lerobot_libero_pi0_pipeline(lerobot_frame, monkeypatch, tmp_path, norm_mode):
+def test_matches_lerobot_libero_pi0_pipeline(lerobot_frames, monkeypatch, tmp_path, norm_mode):
     from ript.algos.tokenizer import build_libero_tokenizer
 
-    obs, task = lerobot_frame
+    _, obs, task = lerobot_frames
     tokenizer = build_libero_tokenizer([task])
     stats = _stats()
     ref, pre, post, config = _reference(obs, task, stats, tokenizer, monkeypatch, norm_mode)
@@ -148,3 +151,38 @@ def test_matches_lerobot_libero_pi0_pipeline(lerobot_frame, monkeypatch, tmp_pat
     assert torch.allclose(ours_action[inside], ref_action[inside], atol=1e-5)
     assert torch.equal(ours_action, ref_action.clamp(-1, 1)) or torch.allclose(ours_action, ref_action.clamp(-1, 1), atol=1e-5)
 
+
+
+@pytest.mark.slow
+def test_ript_libero_env_with_transforms_matches_lerobot(lerobot_frames, monkeypatch, tmp_path):
+    """ript's LiberoEnv + make_pi0_transforms, end to end, equals lerobot's env + PI0 pipeline (reset and one step)."""
+    from torchrl.envs.utils import check_env_specs
+
+    from ript.algos.tokenizer import build_libero_tokenizer
+    from ript.envs import make_libero_env
+
+    obs_reset, obs_step, task = lerobot_frames
+    tokenizer = build_libero_tokenizer([task])
+    stats = _stats()
+    refs = [_reference(o, task, stats, tokenizer, monkeypatch, "MEAN_STD") for o in (obs_reset, obs_step)]
+    pre, post = refs[0][1], refs[0][2]
+    pre.save_pretrained(tmp_path)
+    post.save_pretrained(tmp_path)
+    norm_stats = NormStats.from_lerobot_checkpoint(tmp_path)
+
+    env = make_libero_env("libero_object", 1, camera_size=(H, W), init_state_mode="fixed", init_state_id=0,
+                          transforms=make_pi0_transforms(norm_stats, tokenizer=tokenizer))
+    try:
+        assert env.action_spec.shape == (32,) and env.base_env.action_spec.shape == (7,)
+        td = env.reset()
+        action = torch.nn.functional.pad(norm_stats.normalize_action(torch.from_numpy(STEP_ACTION)), (0, 25))
+        td.set("action", action)
+        td_next = env.step(td)["next"]
+        for ours, (ref, *_rest) in zip((td, td_next), refs):
+            assert torch.allclose(ours[keys.PI0_STATE], ref["state"], atol=1e-5)
+            assert (ours[keys.PI0_IMAGE].float() - ref["image"]).abs().max() <= 1.0
+            assert (ours[keys.PI0_WRIST_IMAGE].float() - ref["wrist_image"]).abs().max() <= 1.0
+            assert torch.equal(ours[keys.LANG_TOKENS], ref["tokens"])
+        check_env_specs(env, seed=0)
+    finally:
+        env.close()
