@@ -60,7 +60,7 @@ def _unnormalize(x: torch.Tensor, mode: str, mean, std, q01, q99, eps: float) ->
     return (x + 1.0) * denom / 2.0 + q01
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NormStats:
     """State and action statistics of a PI0 checkpoint, and how each is normalised.
 

@@ -261,3 +261,20 @@ def test_bad_inputs_raise_clear_errors():
         TransformedEnv(RawLiberoLikeEnv(), PI0ActionTransform(stats, action_dim=6)).action_spec
     with pytest.raises(KeyError, match="eef"):
         PI0StateTransform(stats)(TensorDict({}, []))
+
+
+def test_batched_env_outside_transforms():
+    """Transforms over a SerialEnv (as over a ParallelEnv): batch dims lead every spec and value."""
+    from torchrl.envs import SerialEnv
+
+    stats = make_stats()
+    env = TransformedEnv(SerialEnv(2, lambda: RawLiberoLikeEnv(chunk=3)),
+                         Compose(*make_pi0_transforms(stats, image_size=16, tokenizer=make_tokenizer(), tokenizer_max_length=10)))
+    try:
+        check_env_specs(env, seed=0)
+        assert env.action_spec.shape == (2, 3, 32)
+        td = env.rollout(2)
+        assert td[keys.PI0_IMAGE].shape == (2, 2, 3, 16, 16) and td[keys.PI0_STATE].shape == (2, 2, 32)
+        assert td[keys.LANG_TOKENS].shape == (2, 2, 10) and td["action"].shape == (2, 2, 3, 32)
+    finally:
+        env.close()
