@@ -301,7 +301,7 @@ def validate(cfg: RIPTConfig) -> None:
         f"algo.max_context_draws={a.max_context_draws} < algo.target_groups={a.target_groups}: raise max_context_draws",
     )
     need(a.weight_temperature > 0, "algo.weight_temperature must be > 0")
-    need(a.weight_clip > 0, "algo.weight_clip must be > 0")
+    need(a.weight_clip >= 1, f"algo.weight_clip={a.weight_clip} must be >= 1 (the mean self-normalised weight is 1)")
     need(0.0 <= a.p_uncond < 1.0, f"algo.p_uncond={a.p_uncond} must be in [0, 1)")
     need(not (a.mode == "cfg" and p.kind == "pi0" and not p.cfg_conditioning),
          "algo.mode=cfg needs an optimality-conditioned policy: set policy.cfg_conditioning=true")

@@ -2,7 +2,10 @@
 
 One `MetricLogger` per run; only the main rank writes (other ranks get a logger
 whose methods do nothing, so the recipe needs no `if rank == 0` around logging).
-CSV: one row per iteration with columns fixed by the first row written; on resume
+CSV: one row per iteration with columns fixed when the file is created (the
+`columns` given up front, then the first row's keys; later keys go to wandb only
+and are named once on the console), empty cells where an iteration has no value
+(e.g. eval columns between evaluations); on resume
 the existing file is appended to with its own header, so the file stays one table.
 wandb: online / offline / disabled; its files live under `<output_dir>/wandb` and the
 run id is kept in `<output_dir>/wandb_run_id` so a resumed run continues the same
@@ -25,6 +28,18 @@ import psutil
 import torch
 
 T = TypeVar("T")
+
+
+SUMMARY_KEYS = {
+    "train/success_rate": "train_success",
+    "groups/kept": "kept",
+    "groups/dropped": "dropped",
+    "loss/total": "loss",
+    "optim/grad_norm": "grad_norm",
+    "optim/lr": "lr",
+    "eval/success_rate": "eval_success",
+    "time/iteration_s": "s",
+}
 
 
 def memory_stats(device: torch.device | None = None) -> dict[str, float]:
@@ -81,23 +96,17 @@ class MetricLogger:
         config: dict[str, Any] | None = None,
         progress: bool = True,
         is_main: bool = True,
-        summary_keys: Iterable[str] = (
-            "train/success_rate",
-            "groups/kept",
-            "groups/dropped",
-            "loss/total",
-            "optim/grad_norm",
-            "optim/lr",
-            "eval/success_rate",
-            "time/iteration_s",
-        ),
+        columns: Iterable[str] = (),
+        summary_keys: dict[str, str] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.is_main = is_main
         self.progress_enabled = progress and is_main
-        self.summary_keys = tuple(summary_keys)
+        self.summary_keys = summary_keys if summary_keys is not None else dict(SUMMARY_KEYS)
+        self.columns = list(columns)  # CSV columns known up front (metrics that only some iterations have)
         self.csv_path: Path | None = self.output_dir / "metrics.csv" if csv_enabled and is_main else None
         self._csv_columns: list[str] | None = None
+        self._warned: set[str] = set()
         self._wandb = None
         if self.csv_path is not None and self.csv_path.is_file():
             with open(self.csv_path, newline="") as f:
@@ -124,7 +133,7 @@ class MetricLogger:
         if not self.is_main:
             return
         row = {"iteration": iteration, **{k: _scalar(v) for k, v in metrics.items()}}
-        summary = " ".join(f"{k.split('/')[-1] if k.count('/') else k}={_fmt(row[k])}" for k in self.summary_keys if k in row)
+        summary = " ".join(f"{label}={_fmt(row[k])}" for k, label in self.summary_keys.items() if k in row)
         self.info(f"[iter {iteration}] {summary}")
         if self.csv_path is not None:
             self._write_csv(row)
@@ -135,9 +144,11 @@ class MetricLogger:
         assert self.csv_path is not None
         new_file = self._csv_columns is None
         if new_file:
-            self._csv_columns = list(row.keys())
-        extra = [k for k in row if k not in self._csv_columns]  # type: ignore[operator]
+            self._csv_columns = ["iteration", *[c for c in self.columns if c != "iteration"]]
+            self._csv_columns += [k for k in row if k not in self._csv_columns]
+        extra = [k for k in row if k not in self._csv_columns and k not in self._warned]  # type: ignore[operator]
         if extra:
+            self._warned.update(extra)
             self.info(f"note: metrics {extra} are not CSV columns of {self.csv_path} (set by the first row); they go to wandb only")
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.csv_path, "a", newline="") as f:

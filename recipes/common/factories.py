@@ -1,0 +1,244 @@
+"""make_* factories that turn a validated `RIPTConfig` into the recipe's parts.
+
+Kept out of recipes/ript_cfg.py so the recipe reads top to bottom, and shared with
+recipes/eval_libero.py and the benchmarks. LIBERO (ript.envs) is imported lazily,
+only when `env.kind=libero`, so toy runs start in about a second.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase
+
+from ript.algos import FlowMatchingMLPPolicy, FlowMatchingPolicy, RIPTCFGLoss
+
+from .config import ConfigError, RIPTConfig
+from .optim import make_grad_scaler, make_optimizer, make_scheduler
+
+# LIBERO's episode length per suite (openpi's protocol), used when env.max_steps is null.
+SUITE_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+LIBERO_STATE_DIM, LIBERO_ACTION_DIM = 8, 7
+
+
+def max_decision_steps(cfg: RIPTConfig) -> int:
+    """Decision steps (policy calls) per episode at most."""
+    if cfg.env.kind == "toy":
+        return cfg.env.toy_max_steps
+    sim_steps = cfg.env.max_steps or SUITE_MAX_STEPS[cfg.env.suite]
+    return math.ceil(sim_steps / cfg.policy.n_action_steps)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def make_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
+    """PI0 (a local lerobot checkpoint, or tiny and randomly initialised) or the flow-matching MLP."""
+    p = cfg.policy
+    cfg_head = cfg.algo.mode == "cfg" or p.cfg_conditioning
+    guidance = cfg.algo.guidance if cfg.algo.mode == "cfg" else None
+    if p.kind == "mlp":
+        if cfg.env.kind == "toy":
+            obs_dim, action_dim = 2 * cfg.env.toy_action_dim, cfg.env.toy_action_dim
+        else:  # the PI0 state (normalised, padded to 32) and padded actions
+            obs_dim, action_dim = 32, 32
+        policy: FlowMatchingPolicy = FlowMatchingMLPPolicy(
+            obs_dim=obs_dim,
+            action_dim=action_dim,
+            chunk_size=p.chunk_size,
+            n_action_steps=p.n_action_steps,
+            obs_keys=[("observation", "state")],
+            hidden=p.tiny.hidden,
+            depth=2,
+            num_steps=p.num_inference_steps,
+            supports_cfg=cfg_head,
+            default_guidance=guidance,
+            action_low=-1.0,
+            action_high=1.0,
+        )
+        if cfg.env.kind == "libero":
+            policy.action_dim_loss = LIBERO_ACTION_DIM
+        return policy.to(device)
+    from ript.algos.pi0_actor import PI0Actor
+    from ript.algos.tiny_pi0 import TinyPI0Spec
+
+    if p.path is not None:
+        if not Path(p.path).is_dir():
+            raise ConfigError(f"policy.path={p.path} is not a directory: point it at a local lerobot PI0 checkpoint")
+        actor = PI0Actor.from_pretrained(
+            p.path,
+            tokenizer_path=p.tokenizer_path,
+            device=device,
+            supports_cfg=cfg_head,
+            default_guidance=guidance,
+            chunk_size=p.chunk_size,
+            n_action_steps=p.n_action_steps,
+            num_inference_steps=p.num_inference_steps,
+        )
+        return actor.to(device)
+    t = p.tiny
+    spec = TinyPI0Spec(
+        width=t.width,
+        depth=t.depth,
+        mlp_dim=2 * t.width,
+        vision_width=t.vision_width,
+        vision_depth=t.vision_layers,
+        vision_mlp_dim=2 * t.vision_width,
+        patch_size=t.patch_size,
+    )
+    actor = PI0Actor.tiny(
+        spec,
+        seed=cfg.train.seed,
+        supports_cfg=cfg_head,
+        default_guidance=guidance,
+        chunk_size=p.chunk_size,
+        n_action_steps=p.n_action_steps,
+        image_size=t.image_size,
+        num_inference_steps=p.num_inference_steps,
+        device=str(device),
+    )
+    return actor.to(device)
+
+
+def policy_image_size(policy: FlowMatchingPolicy) -> int:
+    """Side of the images the policy consumes (the env transforms resize to it, not to 224, when smaller)."""
+    config = getattr(getattr(policy, "policy", None), "config", None)
+    res = getattr(config, "image_resolution", None)
+    return int(res[0]) if res else 224
+
+
+# --------------------------------------------------------------------------- env
+
+
+def make_env(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, num_envs: int | None = None, seed: int = 0) -> EnvBase:
+    """The (batched) env the policy acts in: ToyVLAEnv with contexts, or LIBERO + PI0 transforms."""
+    n = num_envs or cfg.env.num_envs
+    if cfg.env.kind == "toy":
+        from .toy_env import make_context_toy_env
+
+        env = make_context_toy_env(
+            n,
+            n_action_steps=cfg.policy.n_action_steps,
+            max_steps=cfg.env.toy_max_steps,
+            action_dim=cfg.env.toy_action_dim,
+            success_steps=cfg.env.toy_success_steps,
+            success_tol=cfg.env.toy_success_tol,
+        )
+        env.start()
+        return env
+    from ript.envs import NormStats, make_libero_env, make_pi0_transforms
+
+    if cfg.policy.kind == "pi0" and getattr(policy, "dataset_stats", None) and cfg.policy.path:
+        norm = NormStats.from_lerobot_checkpoint(cfg.policy.path)
+    else:  # a tiny or MLP policy trained from scratch: identity statistics
+        norm = NormStats(
+            state_mean=torch.zeros(LIBERO_STATE_DIM),
+            state_std=torch.ones(LIBERO_STATE_DIM),
+            action_mean=torch.zeros(LIBERO_ACTION_DIM),
+            action_std=torch.ones(LIBERO_ACTION_DIM),
+        )
+    tokenizer = getattr(policy, "tokenizer", None)
+    max_len = getattr(getattr(getattr(policy, "policy", None), "config", None), "tokenizer_max_length", 48)
+    transforms = make_pi0_transforms(norm, image_size=policy_image_size(policy), tokenizer=tokenizer, tokenizer_max_length=max_len)
+    tasks = [cfg.env.tasks[i % len(cfg.env.tasks)] for i in range(n)]
+    env = make_libero_env(
+        cfg.env.suite,
+        tasks,
+        num_envs=n,
+        transforms=transforms,
+        seed=seed,
+        action_chunk=cfg.policy.n_action_steps,
+        camera_size=cfg.env.camera_size,
+        max_steps=cfg.env.max_steps,
+        hard_reset_every=cfg.env.hard_reset_every or None,
+        init_state_mode="fixed",
+        init_state_id=cfg.env.train_init_states[0],
+    )
+    if hasattr(env, "start") and getattr(env, "is_closed", False):
+        env.start()
+    return env
+
+
+def push_episodes(env: EnvBase, episodes: Sequence[dict[str, int]], num_envs: int) -> list[list[dict[str, int]]]:
+    """Queue episodes round-robin over the env's workers; returns each worker's queue (in order)."""
+    env.clear_contexts()
+    per_worker: list[list[dict[str, int]]] = [[] for _ in range(num_envs)]
+    for i, ep in enumerate(episodes):
+        per_worker[i % num_envs].append(ep)
+    for w, queue in enumerate(per_worker):
+        if queue:
+            env.push_contexts(queue, worker=w)
+    return per_worker
+
+
+# --------------------------------------------------------------------------- training parts
+
+
+def make_collector(env: EnvBase, policy: FlowMatchingPolicy, cfg: RIPTConfig) -> Collector:
+    """One torchrl Collector kept for the whole run; a batch is about one episode per worker."""
+    frames = env.batch_size.numel() * max_decision_steps(cfg)
+    return Collector(env, policy, frames_per_batch=frames, total_frames=-1, auto_register_policy_transforms=False)
+
+
+def make_loss(cfg: RIPTConfig, policy: FlowMatchingPolicy) -> RIPTCFGLoss:
+    a = cfg.algo
+    return RIPTCFGLoss(policy, mode=a.mode, temperature=a.weight_temperature, w_max=a.weight_clip, p_uncond=a.p_uncond)
+
+
+def expected_optimizer_steps(cfg: RIPTConfig) -> int:
+    """An upper estimate of optimizer steps in the run (the cosine schedule's horizon)."""
+    steps = cfg.algo.target_groups * cfg.algo.group_size * max_decision_steps(cfg)
+    per_epoch = math.ceil(math.ceil(steps / cfg.optim.minibatch_size) / cfg.optim.grad_accum_steps)
+    return max(1, cfg.train.iterations * cfg.optim.epochs * per_epoch)
+
+
+@dataclass
+class Optimization:
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+
+
+def make_optimization(cfg: RIPTConfig, policy: FlowMatchingPolicy, device: torch.device) -> Optimization:
+    o = cfg.optim
+    optimizer = make_optimizer(policy.parameters(), o.lr, o.weight_decay, o.betas)
+    scheduler = make_scheduler(
+        optimizer, schedule=o.schedule, warmup_steps=o.warmup_steps, total_steps=expected_optimizer_steps(cfg), min_lr_ratio=o.min_lr_ratio
+    )
+    return Optimization(optimizer, scheduler, make_grad_scaler(cfg.amp, device))
+
+
+# --------------------------------------------------------------------------- stored data
+
+
+def stored_keys(policy: FlowMatchingPolicy, data: TensorDictBase) -> list[Any]:
+    """What the update needs from a decision step: the policy's inputs, the chunk, the advantage."""
+    reads = getattr(policy, "obs_keys", None) or policy.in_keys  # the MLP policy names its entries in obs_keys
+    wanted: list[Any] = [k if isinstance(k, str) else tuple(k) for k in reads if k != "task"]
+    if ("observation", "language_tokens") in data.keys(include_nested=True):
+        wanted += [("observation", "language_tokens"), ("observation", "language_attention_mask")]
+    elif "task" in policy.in_keys:
+        wanted.append("task")
+    wanted += ["action_chunk", "advantage", "episode_return", "task_id"]
+    if "action_mask" in data.keys():
+        wanted.append("action_mask")
+    present = set(data.keys(include_nested=True))
+    return [k for k in dict.fromkeys(wanted) if k in present]
+
+
+@dataclass
+class RunClock:
+    """Wall time since the run started (for env steps/s and ETA)."""
+
+    start: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

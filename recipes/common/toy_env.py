@@ -1,0 +1,97 @@
+"""torchrl's ToyVLAEnv with LIBERO's context contract, for fast recipe tests.
+
+`LiberoEnv` lets the recipe choose what the next reset starts from:
+`push_contexts([{"init_state_id", "group_id", "task_id"}])`. `ContextToyVLAEnv`
+keeps that contract on top of `torchrl.envs.custom.ToyVLAEnv` (tracking mode): the
+per-episode target is a pure function of `init_state_id`, so "the same init state"
+means the same task instance and K rollouts from one context form a real RIPT
+group. The recipe therefore runs the same code for both envs, and a resumed toy
+run reproduces an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.data import Unbounded
+from torchrl.envs import Compose, EnvBase, SerialEnv, StepCounter, TransformedEnv
+from torchrl.envs.custom import ToyVLAEnv
+from torchrl.envs.transforms import MultiAction
+
+_TARGET_SEED = 7919  # targets are drawn from Generator(seed = _TARGET_SEED * (init_state_id + 1))
+
+
+class ContextToyVLAEnv(ToyVLAEnv):
+    """Single ToyVLAEnv whose resets consume queued (init state, group) contexts."""
+
+    def __init__(self, *, worker_index: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.worker_index = worker_index
+        self._contexts: deque[dict[str, int]] = deque()
+        self._fallback = 0
+        self._current = {"task_id": 0, "init_state_id": 0, "group_id": -1}
+        for key in ("task_id", "init_state_id", "group_id"):
+            self.observation_spec[key] = Unbounded(shape=(), dtype=torch.int64, device=self.device)
+
+    def push_contexts(self, contexts: Iterable[Mapping[str, int]], worker: int | None = None) -> int:
+        """Queue contexts {"init_state_id", "group_id", "task_id"} for the next resets (FIFO)."""
+        if worker is not None and int(worker) != self.worker_index:
+            return len(self._contexts)
+        for ctx in contexts:
+            if "init_state_id" not in ctx:
+                raise ValueError(f"context {dict(ctx)} needs 'init_state_id' (and optionally 'group_id', 'task_id')")
+            self._contexts.append({"task_id": int(ctx.get("task_id", 0)), "init_state_id": int(ctx["init_state_id"]), "group_id": int(ctx.get("group_id", -1))})
+        return len(self._contexts)
+
+    def clear_contexts(self) -> int:
+        n = len(self._contexts)
+        self._contexts.clear()
+        return n
+
+    def pending_contexts(self) -> int:
+        return len(self._contexts)
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        if self._contexts:
+            self._current = self._contexts.popleft()
+        else:  # nothing queued: a throw-away episode that no group will ever claim
+            self._fallback += 1
+            self._current = {"task_id": 0, "init_state_id": 10_000 + self._fallback, "group_id": -1 - self._fallback - 1_000_000 * self.worker_index}
+        self._rng.manual_seed(_TARGET_SEED * (self._current["init_state_id"] + 1))
+        out = super()._reset(tensordict, **kwargs)
+        for key, value in self._current.items():
+            out.set(key, torch.tensor(value, dtype=torch.int64, device=self.device))
+        return out
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        out = super()._step(tensordict)
+        for key, value in self._current.items():
+            out.set(key, torch.tensor(value, dtype=torch.int64, device=self.device))
+        return out
+
+
+def _make_one(index: int, *, n_action_steps: int, max_steps: int, action_dim: int, success_steps: int, success_tol: float) -> EnvBase:
+    base = ContextToyVLAEnv(
+        worker_index=index,
+        action_dim=action_dim,
+        state_dim=2 * action_dim,
+        success_steps=success_steps,
+        success_tol=success_tol,
+        seed=index,
+    )
+    # one env step = one chunk of n_action_steps actions; episodes capped in decision steps
+    return TransformedEnv(base, Compose(MultiAction(stack_rewards=False), StepCounter(max_steps=max_steps)))
+
+
+def make_context_toy_env(
+    num_envs: int, *, n_action_steps: int, max_steps: int, action_dim: int = 2, success_steps: int = 2, success_tol: float = 0.3
+) -> EnvBase:
+    """SerialEnv of `num_envs` ContextToyVLAEnv; `max_steps` counts decision steps (chunks)."""
+    make = functools.partial(
+        _make_one, n_action_steps=n_action_steps, max_steps=max_steps, action_dim=action_dim, success_steps=success_steps, success_tol=success_tol
+    )
+    return SerialEnv(num_envs, [functools.partial(make, i) for i in range(num_envs)])

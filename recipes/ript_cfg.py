@@ -1,0 +1,416 @@
+"""RIPT-CFG: RL post-training of a flow-matching VLA (PI0) on LIBERO, from TorchRL parts.
+
+    python recipes/ript_cfg.py                                   # main job (configs/quick_test.yaml)
+    python recipes/ript_cfg.py --config-name toy optim.lr=3e-4   # any key is overridable
+    python recipes/ript_cfg.py --config-name quick_test checkpoint.resume=auto logging.output_dir=runs/x
+
+One iteration, top to bottom:
+  1. draw (task, init state) contexts (uniform or curriculum, mastered ones skipped)
+  2. queue K episodes per context on the env workers; a torchrl Collector rolls them out
+  3. leave-one-out advantages per group; all-equal groups dropped; more contexts drawn
+     until `algo.target_groups` informative groups are kept or `algo.max_context_draws` is hit
+  4. the kept decision steps go to a TensorDictReplayBuffer (uint8 images)
+  5. epochs x minibatches of RIPTCFGLoss (grad accumulation, clipping, AMP, non-finite skip)
+  6. log (console, CSV, wandb), periodic eval on held-out init states + video, checkpoint
+
+Reproducibility: every iteration seeds its randomness from (train.seed, rank,
+iteration), and a checkpoint holds everything else (weights, optimizer, scheduler,
+scaler, RNG, sampler, early stopping), so 2 iterations + resume + 2 iterations give
+the same parameters as 4 iterations in one go.
+Hooks for DDP and reliability: a `DistInfo` travels through the run (rank-0 logging
+and checkpoints; contexts drawn per rank); SIGTERM/SIGINT checkpoint and exit 0.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `ript` importable from a plain checkout too
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from tensordict import TensorDictBase
+
+from ript.algos import GroupLOOAdvantage, make_replay_buffer, refill_replay_buffer, update_policy
+from ript.algos.sampling import ContextSampler
+from ript.recipes.common.checkpoint import CheckpointError, Checkpointer, resolve_resume
+from ript.recipes.common.config import ConfigError, RIPTConfig, run_main, to_dict, to_yaml
+from ript.recipes.common.distributed import DistInfo, distributed_session, rank_seed
+from ript.recipes.common.factories import (
+    make_collector,
+    make_env,
+    make_loss,
+    make_optimization,
+    make_policy,
+    max_decision_steps,
+    push_episodes,
+    stored_keys,
+)
+from ript.recipes.common.logging import MetricLogger, PhaseTimer, memory_stats
+from ript.recipes.common.optim import EarlyStopping, amp_dtype
+from ript.recipes.common.plotting import plot_training_curves
+from ript.recipes.common.preemption import PreemptionHandler
+from ript.recipes.common.video import episode_frames, tile_episodes, write_mp4
+
+GROUP_BASE = 10**12  # our group ids never meet the envs' default ids (worker * 1e6 + counter)
+
+
+# --------------------------------------------------------------------------- run set-up
+
+
+def resolve_output_dir(cfg: RIPTConfig) -> Path:
+    """Where this run writes; refuses to write over another run unless told to resume it."""
+    out = cfg.logging.output_dir
+    if out is None:
+        if cfg.checkpoint.resume == "auto":
+            raise ConfigError("checkpoint.resume=auto needs logging.output_dir=<the run's dir> to know which run to continue")
+        out = f"runs/{cfg.config_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = Path(out).expanduser()
+    existing = path.is_dir() and any((path / name).exists() for name in ("checkpoints", "metrics.csv", "config.yaml"))
+    if existing and cfg.checkpoint.resume is None:
+        raise ConfigError(
+            f"logging.output_dir={path} already holds a run: continue it with checkpoint.resume=auto or choose a new logging.output_dir"
+        )
+    return path
+
+
+def csv_columns(cfg: RIPTConfig) -> list[str]:
+    """Every metric an iteration may log, so the CSV's columns never change mid-run."""
+    per_task = [f"{split}/success_rate_task{t}" for split in ("train", "eval") for t in cfg.env.tasks]
+    return [
+        "train/success_rate", "train/episodes", "eval/success_rate", "eval/episodes", *per_task,
+        "groups/kept", "groups/dropped", "groups/contexts_drawn", "data/decision_steps", "data/env_frames",
+        "loss/total", "loss/fm_mean", "loss/weight_mean", "loss/weight_max", "loss/frac_positive",
+        "optim/grad_norm", "optim/lr", "optim/steps", "optim/skipped_nonfinite",
+        "time/collect_s", "time/buffer_s", "time/update_s", "time/eval_s", "time/iteration_s",
+        "perf/env_steps_per_s", "mem/rss_gib", "mem/gpu_peak_gib", "mem/gpu_reserved_gib",
+    ]  # fmt: skip
+
+
+def seed_iteration(seed: int, iteration: int) -> torch.Generator:
+    """Seed python/numpy/torch for one iteration; returns a generator for minibatch order."""
+    s = (seed * 1_000_003 + iteration * 7_919) % 2**31
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+    return torch.Generator().manual_seed(s + 1)
+
+
+@dataclass
+class Collected:
+    data: TensorDictBase | None
+    metrics: dict[str, float]
+    outcomes: dict[int, list[bool]] = field(default_factory=dict)  # task_id -> successes
+
+
+# --------------------------------------------------------------------------- collection
+
+
+def episode_outcomes(batch: TensorDictBase) -> list[tuple[int, bool, int]]:
+    """(group_id, success, decision steps) of every episode that ends in this batch."""
+    done = batch.get(("next", "done")).reshape(*batch.shape, -1).any(-1)
+    if not done.any():
+        return []
+    gids = batch.get("group_id").reshape(*batch.shape)[done].tolist()
+    succ = batch.get(("next", "success")).reshape(*batch.shape, -1).any(-1)[done].tolist()
+    steps = batch.get(("next", "step_count")).reshape(*batch.shape)[done].tolist() if ("next", "step_count") in batch.keys(True) else [0] * len(gids)
+    return list(zip(gids, succ, steps))
+
+
+def collect(
+    cfg: RIPTConfig,
+    it: int,
+    dist: DistInfo,
+    env: Any,
+    collector: Any,
+    batches: Any,
+    advantage: GroupLOOAdvantage,
+    sampler: ContextSampler,
+    logger: MetricLogger,
+) -> Collected:
+    """Dynamic sampling: rounds of contexts x K episodes until enough informative groups are kept."""
+    a = cfg.algo
+    n_workers = env.batch_size.numel()
+    advantage.reset_stats()
+    kept: list[TensorDictBase] = []
+    per_task: dict[int, list[bool]] = defaultdict(list)
+    draws = frames = 0
+    bar = logger.progress(total=a.max_context_draws * a.group_size, desc=f"iter {it} rollouts")
+    while advantage.kept_groups < a.target_groups and draws < a.max_context_draws:
+        contexts = sampler.sample(min(a.contexts_per_iteration, a.max_context_draws - draws))
+        groups = {GROUP_BASE + dist.rank * 10**9 + it * 10_000 + draws + j: ctx for j, ctx in enumerate(contexts)}
+        episodes = [{"task_id": t, "init_state_id": s, "group_id": g} for g, (t, s) in groups.items() for _ in range(a.group_size)]
+        per_worker = push_episodes(env, episodes, n_workers)
+        advantage.clear()
+        collector.reset()  # every worker starts its first queued episode now
+        results: dict[int, list[bool]] = defaultdict(list)
+        cap = max(len(q) for q in per_worker) + 2  # batches of about one episode per worker
+        for _ in range(cap):
+            batch = next(batches)
+            frames += batch.numel()
+            for gid, ok, _ in episode_outcomes(batch):
+                if gid in groups and len(results[gid]) < a.group_size:
+                    results[gid].append(bool(ok))
+                    bar.update(1)
+            out = advantage(batch)
+            if out is not None:
+                kept.append(out)
+            if all(len(results[g]) >= a.group_size for g in groups):
+                break
+        for gid, (task, init) in groups.items():
+            sampler.record((task, init), results[gid])
+            per_task[task] += results[gid]
+        draws += len(contexts)
+    bar.close()
+    stats = advantage.stats()
+    trials = [s for v in per_task.values() for s in v]
+    metrics = {
+        "train/success_rate": sum(trials) / len(trials) if trials else float("nan"),
+        "train/episodes": len(trials),
+        "groups/kept": stats["kept_groups"],
+        "groups/dropped": stats["dropped_groups"],
+        "groups/contexts_drawn": draws,
+        "data/decision_steps": stats["kept_steps"],
+        "data/env_frames": frames,
+    }
+    for task, v in sorted(per_task.items()):
+        metrics[f"train/success_rate_task{task}"] = sum(v) / len(v)
+    return Collected(torch.cat(kept, 0) if kept else None, metrics, dict(per_task))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(cfg: RIPTConfig, env: Any, policy: Any, *, record_video: bool) -> tuple[dict[str, float], list[list[np.ndarray]]]:
+    """Success on held-out init states: `eval.episodes` per task, one episode per worker per round."""
+    n_workers = env.batch_size.numel()
+    todo = [(t, cfg.eval.init_states[i % len(cfg.eval.init_states)]) for t in cfg.env.tasks for i in range(cfg.eval.episodes)]
+    results: dict[int, list[bool]] = defaultdict(list)
+    videos: list[list[np.ndarray]] = []
+    horizon = max_decision_steps(cfg)
+    was_training = policy.training
+    policy.eval()
+    for start in range(0, len(todo), n_workers):
+        chunk = todo[start : start + n_workers]
+        # idle workers replay the first context; their episodes are not counted
+        episodes = [{"task_id": t, "init_state_id": s, "group_id": -1} for t, s in chunk + [chunk[0]] * (n_workers - len(chunk))]
+        push_episodes(env, episodes, n_workers)
+        traj = env.rollout(horizon, policy, break_when_any_done=False, break_when_all_done=True)
+        done = traj.get(("next", "done")).reshape(n_workers, traj.shape[-1], -1).any(-1)
+        succ = traj.get(("next", "success")).reshape(n_workers, traj.shape[-1], -1).any(-1)
+        for w, (task, _) in enumerate(chunk):
+            end = int(done[w].nonzero()[0]) if done[w].any() else traj.shape[-1] - 1
+            ok = bool(succ[w, : end + 1].any())
+            results[task].append(ok)
+            if record_video and len(videos) < 4:
+                cams = _camera_streams(traj[w, : end + 1])
+                if cams:
+                    videos.append(episode_frames(cams, ok))
+    env.clear_contexts()
+    policy.train(was_training)
+    trials = [s for v in results.values() for s in v]
+    metrics = {"eval/success_rate": sum(trials) / len(trials), "eval/episodes": len(trials)}
+    for task, v in sorted(results.items()):
+        metrics[f"eval/success_rate_task{task}"] = sum(v) / len(v)
+    return metrics, videos
+
+
+def _camera_streams(traj: TensorDictBase) -> list[torch.Tensor]:
+    """Per camera, the frames seen at each decision step plus the last one (uint8 CHW entries under observation)."""
+    streams = []
+    obs = traj.get("observation")
+    for key in sorted(obs.keys(), key=str):
+        v = obs.get(key)
+        if isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.ndim == 4 and v.shape[1] == 3:
+            last = traj.get(("next", "observation", key))[-1:]
+            streams.append(torch.cat([v, last], 0))
+    return streams
+
+
+# --------------------------------------------------------------------------- main
+
+
+def train(cfg: RIPTConfig) -> dict[str, Any]:
+    """Run RIPT-CFG as configured; returns the final metrics and where the outputs are."""
+    out_dir = resolve_output_dir(cfg)  # before any work: never touch another run's outputs
+    try:
+        resolve_resume(cfg.checkpoint.resume, out_dir)
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from e
+    with distributed_session(cfg.train.device, None if cfg.distributed.backend == "auto" else cfg.distributed.backend, cfg.distributed.timeout_s) as dist:
+        return _train(cfg, out_dir, dist)
+
+
+def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
+    device = dist.device
+    seed = rank_seed(cfg.train.seed, dist)
+    resume_from = resolve_resume(cfg.checkpoint.resume, out_dir)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(to_yaml(cfg))
+    logger = MetricLogger(
+        out_dir,
+        csv_enabled=cfg.logging.csv,
+        wandb_mode=cfg.logging.wandb,
+        project=cfg.logging.project,
+        run_name=cfg.logging.run_name,
+        config=to_dict(cfg),
+        progress=cfg.logging.progress,
+        is_main=dist.is_main,
+        columns=csv_columns(cfg),
+    )
+    checkpointer = Checkpointer(out_dir, keep_last=cfg.checkpoint.keep_last, is_main=dist.is_main)
+    seed_iteration(seed, -1)
+
+    policy = make_policy(cfg, device)
+    env = make_env(cfg, policy, seed=seed)
+    loss_module = make_loss(cfg, policy)
+    opt = make_optimization(cfg, policy, device)
+    collector = make_collector(env, policy, cfg)
+    batches = iter(collector)
+    advantage = GroupLOOAdvantage(cfg.algo.group_size)
+    capacity = cfg.algo.max_context_draws * cfg.algo.group_size * (max_decision_steps(cfg) + 1)
+    buffer = make_replay_buffer(capacity)
+    contexts = [(t, s) for t in cfg.env.tasks for s in cfg.env.train_init_states]
+    sampler = ContextSampler(
+        contexts, cfg.sampling.strategy, group_size=cfg.algo.group_size, success_rate_target=cfg.sampling.success_rate_target, seed=seed
+    )
+    early = EarlyStopping(cfg.early_stopping.patience, cfg.early_stopping.min_delta)
+
+    start_it = 0
+    if resume_from is not None:
+        state = Checkpointer.load(resume_from, policy=policy, optimizer=opt.optimizer, scheduler=opt.scheduler, scaler=opt.scaler)
+        sampler.load_state_dict(state["extra"]["sampler"])
+        early.load_state_dict(state["extra"]["early_stopping"])
+        start_it = state["iteration"]
+        logger.info(f"resumed from {resume_from} at iteration {start_it}")
+
+    def save(it: int, metrics: dict[str, Any], is_best: bool = False) -> None:
+        checkpointer.save(
+            it,
+            policy=policy,
+            optimizer=opt.optimizer,
+            scheduler=opt.scheduler,
+            scaler=opt.scaler,
+            config_yaml=to_yaml(cfg),
+            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            extra={"sampler": sampler.state_dict(), "early_stopping": early.state_dict()},
+            is_best=is_best,
+        )
+
+    timer = PhaseTimer()
+    metrics: dict[str, Any] = {}
+    videos_written: list[Path] = []
+    stopped = "completed"
+    dtype = amp_dtype(cfg.amp, device)
+    logger.info(f"RIPT-CFG '{cfg.config_name}': {cfg.env.kind} {cfg.env.suite if cfg.env.kind == 'libero' else ''} tasks {cfg.env.tasks}, "
+                f"policy {cfg.policy.kind}{'' if cfg.policy.path is None else ' ' + cfg.policy.path}, {cfg.train.iterations} iterations on {device}; outputs in {out_dir}")
+    with PreemptionHandler() as preemption:
+        it = start_it
+        while it < cfg.train.iterations:
+            gen = seed_iteration(seed, it)
+            timer.reset()
+            with timer("collect"):
+                collected = collect(cfg, it, dist, env, collector, batches, advantage, sampler, logger)
+            with timer("buffer"):
+                data = collected.data.select(*stored_keys(policy, collected.data)) if collected.data is not None else None
+                n_steps = refill_replay_buffer(buffer, data)
+            metrics = dict(collected.metrics)
+            with timer("update"):
+                if n_steps > 0:
+                    upd = update_policy(
+                        loss_module,
+                        buffer,
+                        opt.optimizer,
+                        epochs=cfg.optim.epochs,
+                        minibatch_size=cfg.optim.minibatch_size,
+                        grad_accum_steps=cfg.optim.grad_accum_steps,
+                        max_grad_norm=cfg.optim.max_grad_norm,
+                        scaler=opt.scaler,
+                        amp_dtype=dtype,
+                        scheduler=opt.scheduler,
+                        device=device,
+                        generator=gen,
+                    )
+                    metrics.update({
+                        "loss/total": upd.get("loss_ript_cfg", float("nan")),
+                        "loss/fm_mean": upd.get("fm_loss_mean", float("nan")),
+                        "loss/weight_mean": upd.get("weight_mean", float("nan")),
+                        "loss/weight_max": upd.get("weight_max", float("nan")),
+                        "loss/frac_positive": upd.get("frac_positive", float("nan")),
+                        "optim/grad_norm": upd["grad_norm"],
+                        "optim/steps": upd["optimizer_steps"],
+                        "optim/skipped_nonfinite": upd["skipped_nonfinite"],
+                    })
+                else:
+                    logger.info(f"[iter {it + 1}] no informative group (all rollouts of each context agreed): update skipped")
+                    metrics.update({"loss/total": float("nan"), "optim/steps": 0, "optim/skipped_nonfinite": 0})
+            metrics["optim/lr"] = opt.optimizer.param_groups[0]["lr"]
+            it += 1
+            is_best = False
+            if it % cfg.eval.every == 0 or it == cfg.train.iterations:
+                record = cfg.logging.video_every > 0 and it % cfg.logging.video_every == 0 and dist.is_main
+                with timer("eval"):
+                    eval_metrics, videos = evaluate(cfg, env, policy, record_video=record)
+                metrics.update(eval_metrics)
+                is_best = early.update(eval_metrics["eval/success_rate"])
+                if videos and dist.is_main:
+                    path = write_mp4(tile_episodes(videos), out_dir / "videos" / f"eval_iter_{it:06d}.mp4", fps=5)
+                    videos_written.append(path)
+                    logger.log_video(it, path)
+            metrics.update(timer.metrics())
+            metrics["perf/env_steps_per_s"] = metrics["data/env_frames"] / max(timer.times.get("collect", 0.0), 1e-9)
+            metrics.update(memory_stats(device))
+            logger.log(it, metrics)
+            if it % cfg.checkpoint.every == 0 or it == cfg.train.iterations or is_best:
+                save(it, metrics, is_best)
+            if early.should_stop:
+                stopped = f"early stop: no eval improvement > {cfg.early_stopping.min_delta} in {early.patience} evaluations"
+                if it % cfg.checkpoint.every != 0:
+                    save(it, metrics)
+                break
+            if preemption.requested:
+                save(it, metrics)
+                stopped = f"preempted by {preemption.received.name}: checkpoint saved, continue with checkpoint.resume=auto"
+                break
+    plot = None
+    if dist.is_main and cfg.logging.csv and logger.csv_path is not None and logger.csv_path.is_file():
+        plot = plot_training_curves(logger.csv_path, out_dir / "training_curves.png")
+        logger.log_image(plot, "plots/training_curves")
+    logger.close()
+    if not env.is_closed:
+        env.close()
+    summary = {
+        "output_dir": out_dir,
+        "iterations": it,
+        "stopped": stopped,
+        "metrics_csv": logger.csv_path,
+        "plot": plot,
+        "videos": videos_written,
+        "last_checkpoint": checkpointer.latest(),
+        "best_checkpoint": checkpointer.best(),
+        "final_metrics": metrics,
+    }
+    if dist.is_main:
+        print(f"\nrun {stopped} after {it} iterations. Outputs in {out_dir}:")
+        for key in ("metrics_csv", "plot", "last_checkpoint", "best_checkpoint"):
+            print(f"  {key:16s} {summary[key]}")
+        print(f"  {'videos':16s} {', '.join(map(str, videos_written)) or '(none)'}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return run_main(train, argv)
+
+
+if __name__ == "__main__":
+    main()

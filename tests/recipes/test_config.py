@@ -1,0 +1,105 @@
+"""Config loading and validation: one clear line per mistake, exit code 2, outputs untouched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ript.recipes.common.config import ConfigError, available_configs, load_config, main_config, parse_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_shipped_config_loads_and_validates() -> None:
+    names = available_configs()
+    assert {"quick_test", "full_test", "benchmark", "rl_training", "distributed"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.config_name == name
+
+
+def test_inheritance_and_overrides() -> None:
+    cfg = load_config("distributed", ["optim.lr=3e-5", "env.tasks=[2,3]", "amp=off"])
+    assert cfg.distributed.backend == "nccl"  # own key
+    assert cfg.algo.group_size == 16  # inherited from rl_training
+    assert cfg.optim.lr == pytest.approx(3e-5)
+    assert cfg.env.tasks == [2, 3]
+    assert cfg.amp == "off"  # YAML's off -> False is mapped back
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["optim.lrr=1"], "unknown key 'optim.lrr'"),
+        (["optim.lr=fast"], "optim.lr"),
+        (["algo.group_size=1"], "algo.group_size=1 < 2"),
+        (["policy.n_action_steps=20", "policy.chunk_size=10"], "policy.n_action_steps=20"),
+        (["optim.minibatch_size=64"], "optim.minibatch_size=64"),
+        (["eval.every=0"], "eval.every=0"),
+        (["algo.mode=ppo"], "algo.mode='ppo'"),
+        (["eval.init_states=[0]"], "held-out"),
+        (["logging.wandb=maybe"], "logging.wandb"),
+        (["optim.lr"], "key=value"),
+    ],
+)
+def test_bad_configs_raise_one_line(overrides: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config("quick_test", overrides)
+    msg = str(info.value)
+    assert needle in msg
+    assert "\n" not in msg
+
+
+def test_unknown_config_name_lists_choices() -> None:
+    with pytest.raises(ConfigError, match="quick_test"):
+        load_config("nope")
+
+
+def test_parse_args_forms() -> None:
+    assert parse_args(["--config-name", "toy", "a.b=1"]) == ("toy", ["a.b=1"])
+    assert parse_args(["--config-name=toy"]) == ("toy", [])
+    with pytest.raises(ConfigError):
+        parse_args(["--lr", "3"])
+
+
+def test_main_config_exits_2_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main_config(["algo.group_size=1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("config error:")
+    with pytest.raises(ConfigError):  # debug=true keeps the exception
+        main_config(["algo.group_size=1", "debug=true"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--config-name", "toy", "algo.group_size=1"],
+        ["--config-name", "toy", "optim.minibatch_size=99"],
+        ["--config-name", "toy", "nonsense.key=3"],
+        ["--config-name", "toy", "eval.every=-1"],
+    ],
+)
+def test_cli_rejects_bad_config_and_leaves_outputs_untouched(tmp_path: Path, args: list[str]) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    sentinel = out / "metrics.csv"
+    sentinel.write_text("iteration\n1\n")
+    before = sorted(p.name for p in out.iterdir())
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "ript_cfg.py"), *args, f"logging.output_dir={out}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert res.returncode == 2, res.stderr
+    lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("config error:"), res.stderr
+    assert "Traceback" not in res.stderr
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert sentinel.read_text() == "iteration\n1\n"

@@ -1,0 +1,59 @@
+"""The recipe end to end on the toy env + MLP policy: outputs, resume equivalence, refusal to overwrite."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "recipes"))
+
+from ript_cfg import main  # noqa: E402
+
+from ript.recipes.common.checkpoint import POLICY_STATE_FILE  # noqa: E402
+
+
+def _params(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt / "policy" / POLICY_STATE_FILE, weights_only=True)
+
+
+def test_resume_gives_the_same_parameters_as_one_run(tmp_path: Path) -> None:
+    common = ["--config-name", "toy", "eval.every=2", "checkpoint.every=1", "checkpoint.keep_last=10"]
+    one = main([*common, f"logging.output_dir={tmp_path / 'one'}", "train.iterations=4"])
+    main([*common, f"logging.output_dir={tmp_path / 'two'}", "train.iterations=2"])
+    two = main([*common, f"logging.output_dir={tmp_path / 'two'}", "train.iterations=4", "checkpoint.resume=auto"])
+    assert one["iterations"] == two["iterations"] == 4
+    a, b = _params(one["last_checkpoint"]), _params(two["last_checkpoint"])
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the update really changed the policy (the test would pass trivially otherwise)
+    first = _params(tmp_path / "two" / "checkpoints" / "iter_000002")
+    assert any(not torch.equal(first[k], a[k]) for k in a)
+    # the CSV of the resumed run is one table: 4 rows, the same header, rows equal to the single run's
+    rows_one = list(csv.DictReader(open(one["metrics_csv"])))
+    rows_two = list(csv.DictReader(open(two["metrics_csv"])))
+    assert [r["iteration"] for r in rows_two] == ["1", "2", "3", "4"]
+    for r1, r2 in zip(rows_one, rows_two):
+        for key in ("train/success_rate", "groups/kept", "loss/total", "eval/success_rate"):
+            assert r1[key] == r2[key], key
+    assert Path(two["plot"]).is_file() and Path(two["plot"]).stat().st_size > 0
+
+
+def test_existing_run_is_not_overwritten_and_bad_resume_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    main(["--config-name", "toy", f"logging.output_dir={out}", "train.iterations=1"])
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as info:  # same dir, no resume: refuse
+        main(["--config-name", "toy", f"logging.output_dir={out}", "train.iterations=2"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint.resume=auto" in err[0]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    with pytest.raises(SystemExit) as info:  # resume from a path without checkpoints
+        main(["--config-name", "toy", f"logging.output_dir={tmp_path / 'new'}", f"checkpoint.resume={tmp_path / 'nothing'}"])
+    assert info.value.code == 2
