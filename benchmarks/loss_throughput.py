@@ -1,0 +1,126 @@
+"""RIPTCFGLoss forward+backward on the tiny PI0 versus lerobot's own PI0Policy.forward + backward.
+
+Why: the RL loss must cost what supervised PI0 training costs (target: ratio <= 1.05 in
+`weighted` mode); `cfg` mode is reported too. Both sides see the same batch and the same
+weights; repetitions are interleaved (A, B, C, A, B, C, ...) so that load from other
+processes hits all sides alike, and medians are compared. lerobot's side gets its batch
+already in its format (float images, tokens), as its preprocessor would hand it over;
+our side starts from the stored uint8 tensordict (conversion and cached tokenization
+included). Also prints the tiny actor's sampling time and per-sample loss fwd+bwd time.
+
+    .venv/bin/python benchmarks/loss_throughput.py --batch 8 --reps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from tensordict import TensorDict
+
+from ript.algos import PI0Actor, RIPTCFGLoss, TinyPI0Spec
+
+
+def make_batch(actor: PI0Actor, batch: int, image_size: int, seed: int = 0) -> TensorDict:
+    g = torch.Generator().manual_seed(seed)
+    tasks = ["put the bowl on the plate", "open the top drawer of the cabinet", "pick up the ketchup and place it in the basket"]
+    td = TensorDict(
+        {
+            "observation": {
+                "image": torch.randint(0, 256, (batch, 3, image_size, image_size), generator=g, dtype=torch.uint8),
+                "wrist_image": torch.randint(0, 256, (batch, 3, image_size, image_size), generator=g, dtype=torch.uint8),
+                "state": torch.randn(batch, 32, generator=g),
+            },
+            "task": [tasks[i % len(tasks)] for i in range(batch)],
+            "advantage": torch.randn(batch, 1, generator=g),
+        },
+        [batch],
+    )
+    td["action_chunk"] = actor.sample_actions(td)
+    mask = torch.zeros(batch, actor.chunk_size, dtype=torch.bool)
+    mask[:, : actor.n_action_steps] = True  # executed steps only, as the recipe stores them
+    td["action_mask"] = mask
+    return td
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--chunk-size", type=int, default=10)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--depth", type=int, default=2)
+    args = parser.parse_args()
+    if args.reps < 1 or args.batch < 1:
+        parser.error("--reps and --batch must be >= 1")
+
+    torch.manual_seed(0)
+    spec = TinyPI0Spec(width=args.width, depth=args.depth)
+    common = dict(chunk_size=args.chunk_size, n_action_steps=min(5, args.chunk_size), image_size=args.image_size)
+    actor = PI0Actor.tiny(spec, supports_cfg=True, **common)
+    td = make_batch(actor, args.batch, args.image_size)
+    lero_batch = actor.lerobot_batch(td)
+    lero_batch["action"] = td["action_chunk"][..., : actor.action_dim_loss]
+    losses = {mode: RIPTCFGLoss(actor, mode=mode) for mode in ("weighted", "cfg")}
+
+    def ours(mode: str) -> None:
+        actor.zero_grad(set_to_none=True)
+        losses[mode](td)["loss_ript_cfg"].backward()
+
+    def lerobot() -> None:
+        actor.zero_grad(set_to_none=True)
+        loss, _ = actor.policy(lero_batch)  # PI0Policy.forward through __call__
+        loss.backward()
+
+    def per_sample() -> None:
+        actor.zero_grad(set_to_none=True)
+        actor.per_sample_loss(td).mean().backward()
+
+    def sample() -> None:
+        actor.sample_actions(td)
+
+    def sample_guided() -> None:
+        actor.sample_actions(td, guidance=1.5)
+
+    cases = {
+        "lerobot": lerobot,
+        "weighted": lambda: ours("weighted"),
+        "cfg": lambda: ours("cfg"),
+        "per_sample": per_sample,
+        "sample": sample,
+        "sample_guided": sample_guided,
+    }
+    for _ in range(args.warmup):
+        for fn in cases.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(args.reps):
+        for name, fn in cases.items():
+            times[name].append(timed(fn))
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+
+    params = sum(p.numel() for p in actor.parameters())
+    print(
+        f"tiny PI0: width {args.width}, depth {args.depth}, {params / 1e6:.2f}M params, batch {args.batch}, "
+        f"chunk {args.chunk_size}, images {args.image_size}px, torch threads {torch.get_num_threads()}, {args.reps} reps (median)"
+    )
+    print(f"lerobot PI0Policy.forward + backward : {med['lerobot'] * 1e3:8.1f} ms")
+    print(f"RIPTCFGLoss weighted fwd + bwd       : {med['weighted'] * 1e3:8.1f} ms   ratio {med['weighted'] / med['lerobot']:.3f} (target <= 1.05)")
+    print(f"RIPTCFGLoss cfg fwd + bwd            : {med['cfg'] * 1e3:8.1f} ms   ratio {med['cfg'] / med['lerobot']:.3f}")
+    print(f"PI0Actor.per_sample_loss fwd + bwd   : {med['per_sample'] * 1e3:8.1f} ms")
+    print(f"PI0Actor.sample_actions (no_grad)    : {med['sample'] * 1e3:8.1f} ms   ({actor.policy.config.num_inference_steps} denoising steps)")
+    print(f"PI0Actor.sample_actions guidance=1.5 : {med['sample_guided'] * 1e3:8.1f} ms   (two expert passes per step)")
+
+
+if __name__ == "__main__":
+    main()
