@@ -197,10 +197,23 @@ def test_save_load_round_trip_with_lerobot_from_pretrained(cfg_actor, tmp_path):
     finally:
         with torch.no_grad():
             cfg_actor.label_embed.weight.zero_()
-    # without the tiny spec the weights do not fit lerobot's full-size PI0: a clear error, not random weights
-    (tmp_path / "tiny_pi0.json").unlink()
-    with pytest.raises(Exception):
+    # weights that do not fit the model built from the checkpoint's sizes: a clear error, not random weights
+    TinyPI0Spec(width=32, mlp_dim=64).save(tmp_path)
+    with pytest.raises(ValueError, match="tiny_pi0.json"):
+        PI0Actor.from_pretrained(tmp_path, device="cpu")
+    with pytest.raises(FileNotFoundError, match="config.json and model.safetensors"):
         PI0Actor.from_pretrained(tmp_path / "missing")
+
+
+def test_tiny_override_is_scoped():
+    from lerobot.policies.pi0 import modeling_pi0
+
+    original = modeling_pi0.get_gemma_config
+    with tiny_pi0_sizes(TinyPI0Spec(width=32)):
+        assert modeling_pi0.get_gemma_config("gemma_2b").width == 32
+    assert modeling_pi0.get_gemma_config is original and modeling_pi0.get_gemma_config("gemma_300m").width == 1024
+    with pytest.raises(ValueError, match="divisible"):
+        TinyPI0Spec(vision_width=30, vision_heads=4)
 
 
 def test_preprocessor_stats_are_picked_up(tmp_path):
@@ -268,7 +281,8 @@ class FakeLiberoEnv(EnvBase):
 
 def test_actor_is_a_collector_policy_on_a_batched_env(actor):
     env = SerialEnv(2, [lambda: FakeLiberoEnv(TASKS[0]), lambda: FakeLiberoEnv(TASKS[1])])
-    collector = Collector(env, actor, frames_per_batch=4, total_frames=4)
+    # the actor needs no env transforms (no recurrent state): do not let torchrl add an InitTracker
+    collector = Collector(env, actor, frames_per_batch=4, total_frames=4, auto_register_policy_transforms=False)
     try:
         batch = next(iter(collector))
     finally:
