@@ -23,7 +23,6 @@ and checkpoints; contexts drawn per rank); SIGTERM/SIGINT checkpoint and exit 0.
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 import time
@@ -44,6 +43,7 @@ from ript.algos.sampling import ContextSampler
 from ript.recipes.common.checkpoint import CheckpointError, Checkpointer, resolve_resume
 from ript.recipes.common.config import ConfigError, RIPTConfig, run_main, to_dict, to_yaml
 from ript.recipes.common.distributed import DistInfo, distributed_session, rank_seed
+from ript.recipes.common.evaluation import evaluate
 from ript.recipes.common.factories import (
     make_collector,
     make_env,
@@ -58,7 +58,7 @@ from ript.recipes.common.logging import MetricLogger, PhaseTimer, memory_stats
 from ript.recipes.common.optim import EarlyStopping, amp_dtype
 from ript.recipes.common.plotting import plot_training_curves
 from ript.recipes.common.preemption import PreemptionHandler
-from ript.recipes.common.video import episode_frames, tile_episodes, write_mp4
+from ript.recipes.common.video import tile_episodes, write_mp4
 
 GROUP_BASE = 10**12  # our group ids never meet the envs' default ids (worker * 1e6 + counter)
 
@@ -184,56 +184,6 @@ def collect(
     for task, v in sorted(per_task.items()):
         metrics[f"train/success_rate_task{task}"] = sum(v) / len(v)
     return Collected(torch.cat(kept, 0) if kept else None, metrics, dict(per_task))
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(cfg: RIPTConfig, env: Any, policy: Any, *, record_video: bool) -> tuple[dict[str, float], list[list[np.ndarray]]]:
-    """Success on held-out init states: `eval.episodes` per task, one episode per worker per round."""
-    n_workers = env.batch_size.numel()
-    todo = [(t, cfg.eval.init_states[i % len(cfg.eval.init_states)]) for t in cfg.env.tasks for i in range(cfg.eval.episodes)]
-    results: dict[int, list[bool]] = defaultdict(list)
-    videos: list[list[np.ndarray]] = []
-    horizon = max_decision_steps(cfg)
-    was_training = policy.training
-    policy.eval()
-    for start in range(0, len(todo), n_workers):
-        chunk = todo[start : start + n_workers]
-        # idle workers replay the first context; their episodes are not counted
-        episodes = [{"task_id": t, "init_state_id": s, "group_id": -1} for t, s in chunk + [chunk[0]] * (n_workers - len(chunk))]
-        push_episodes(env, episodes, n_workers)
-        traj = env.rollout(horizon, policy, break_when_any_done=False, break_when_all_done=True)
-        done = traj.get(("next", "done")).reshape(n_workers, traj.shape[-1], -1).any(-1)
-        succ = traj.get(("next", "success")).reshape(n_workers, traj.shape[-1], -1).any(-1)
-        for w, (task, _) in enumerate(chunk):
-            end = int(done[w].nonzero()[0]) if done[w].any() else traj.shape[-1] - 1
-            ok = bool(succ[w, : end + 1].any())
-            results[task].append(ok)
-            if record_video and len(videos) < 4:
-                cams = _camera_streams(traj[w, : end + 1])
-                if cams:
-                    videos.append(episode_frames(cams, ok))
-    env.clear_contexts()
-    policy.train(was_training)
-    trials = [s for v in results.values() for s in v]
-    metrics = {"eval/success_rate": sum(trials) / len(trials), "eval/episodes": len(trials)}
-    for task, v in sorted(results.items()):
-        metrics[f"eval/success_rate_task{task}"] = sum(v) / len(v)
-    return metrics, videos
-
-
-def _camera_streams(traj: TensorDictBase) -> list[torch.Tensor]:
-    """Per camera, the frames seen at each decision step plus the last one (uint8 CHW entries under observation)."""
-    streams = []
-    obs = traj.get("observation")
-    for key in sorted(obs.keys(), key=str):
-        v = obs.get(key)
-        if isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.ndim == 4 and v.shape[1] == 3:
-            last = traj.get(("next", "observation", key))[-1:]
-            streams.append(torch.cat([v, last], 0))
-    return streams
 
 
 # --------------------------------------------------------------------------- main

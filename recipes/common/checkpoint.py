@@ -84,12 +84,18 @@ def load_policy(policy: torch.nn.Module, path: Path) -> None:
     state_file = path / POLICY_STATE_FILE
     if state_file.is_file():
         module.load_state_dict(torch.load(state_file, map_location="cpu", weights_only=True))
-    elif hasattr(module, "load_pretrained_weights"):
-        module.load_pretrained_weights(path)
     elif (path / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
-        module.load_state_dict(load_file(str(path / "model.safetensors")))
+        # lerobot format: the wrapped lerobot policy's weights (PI0Actor keeps it in `.policy`),
+        # plus the CFG label embedding the actor saves beside them
+        inner = getattr(module, "policy", None)
+        target = inner if isinstance(inner, torch.nn.Module) else module
+        device = next(target.parameters()).device
+        target.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)))
+        label_file = path / "cfg_label_embed.safetensors"
+        if getattr(module, "label_embed", None) is not None and label_file.is_file():
+            module.label_embed.load_state_dict(load_file(str(label_file), device=str(device)))
     else:
         raise CheckpointError(f"{path} holds no policy weights ({POLICY_STATE_FILE} or model.safetensors): pick another checkpoint")
 
