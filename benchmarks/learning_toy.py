@@ -66,7 +66,7 @@ class ToyConfig:
     target_groups: int = 16
     max_batches: int = 40
     frames_per_batch: int = 64
-    epochs: int = 4
+    epochs: int = 10
     minibatch_size: int = 64
     lr: float = 1e-3
     temperature: float = 1.0
