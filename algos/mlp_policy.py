@@ -86,6 +86,7 @@ class FlowMatchingMLPPolicy(FlowMatchingPolicy):
         self.chunk_size = int(chunk_size)
         self.n_action_steps = int(n_action_steps)
         self.obs_keys = [k if isinstance(k, str) else tuple(k) for k in obs_keys]
+        self.in_keys = list(self.obs_keys)  # what collectors see this policy read
         self.num_steps = int(num_steps)
         self.supports_cfg = bool(supports_cfg)
         self.default_guidance = default_guidance

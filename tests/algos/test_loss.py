@@ -1,0 +1,109 @@
+"""RIPTCFGLoss with the MLP policy: weights, gradients, CFG label dropout, bad input."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from ript.algos import FlowMatchingMLPPolicy, RIPTCFGLoss
+from ript.algos.policy import NEGATIVE, POSITIVE, UNCONDITIONAL
+
+
+def _policy():
+    torch.manual_seed(0)
+    return FlowMatchingMLPPolicy(obs_dim=4, action_dim=2, chunk_size=3, hidden=32, depth=2)
+
+
+def _td(b=16, adv=None):
+    return TensorDict(
+        {
+            ("observation", "state"): torch.randn(b, 4),
+            "action_chunk": torch.randn(b, 3, 2),
+            "advantage": (torch.randn(b, 1) if adv is None else adv),
+        },
+        batch_size=[b],
+    )
+
+
+def test_equals_plain_flow_matching_when_weights_are_one():
+    p = _policy()
+    td = _td(adv=torch.zeros(16, 1))  # equal advantages -> all weights 1
+    loss = RIPTCFGLoss(p, mode="weighted")
+    torch.manual_seed(1)
+    out = loss(td)
+    torch.manual_seed(1)
+    plain = p.per_sample_loss(td).mean()
+    assert torch.allclose(out["loss_ript_cfg"], plain)
+    assert out["weight_min"] == 1 and out["weight_max"] == 1
+
+
+def test_weights_are_awr_bounded_and_ordered():
+    loss = RIPTCFGLoss(_policy(), temperature=0.5, w_max=3.0)
+    adv = torch.tensor([1.0, -1 / 7, -1 / 7, 0.5, -0.5, 0.0])
+    w = loss.advantage_weights(adv)
+    assert (w > 0).all() and (w <= 3.0).all()
+    assert torch.equal(torch.argsort(w), torch.argsort(adv, stable=True)) or w[0] == w.max()
+    a_n = adv / (adv.std() + 1e-6)
+    raw = torch.exp(a_n / 0.5)
+    assert torch.allclose(w, (raw / raw.mean()).clamp(max=3.0))
+
+
+@pytest.mark.parametrize("mode", ["weighted", "cfg"])
+def test_gradients_reach_every_parameter_and_step_changes_them(mode):
+    p = _policy()
+    loss = RIPTCFGLoss(p, mode=mode, p_uncond=0.3)
+    out = loss(_td(64))
+    assert set(out.keys()) >= {"loss_ript_cfg", "fm_loss_mean", "weight_mean", "weight_min", "weight_max", "frac_positive"}
+    out["loss_ript_cfg"].backward()
+    # in weighted mode no label is used, so the label table gets no gradient (it is not used)
+    trainable = {n: q for n, q in p.named_parameters() if not (mode == "weighted" and n.startswith("label_embed"))}
+    for name, q in trainable.items():
+        assert q.grad is not None and q.grad.abs().sum() > 0, name
+    before = {n: q.detach().clone() for n, q in trainable.items()}
+    torch.optim.SGD(p.parameters(), lr=0.1).step()
+    for name, q in trainable.items():
+        assert not torch.equal(before[name], q), name
+
+
+def test_cfg_labels_and_unconditional_fraction():
+    p = _policy()
+    seen = []
+    orig = p.per_sample_loss
+
+    def spy(td, **kw):
+        seen.append(kw["optimality"])
+        return orig(td, **kw)
+
+    p.per_sample_loss = spy
+    loss = RIPTCFGLoss(p, mode="cfg", p_uncond=0.25)
+    adv = torch.cat([torch.ones(2000, 1), -torch.ones(2000, 1)])
+    td = _td(4000, adv=adv)
+    torch.manual_seed(0)
+    out = loss(td)
+    labels = seen[0]
+    frac = (labels == UNCONDITIONAL).float().mean().item()
+    assert abs(frac - 0.25) < 4 * (0.25 * 0.75 / 4000) ** 0.5  # within sampling error
+    assert out["frac_unconditional"].item() == pytest.approx(frac)
+    assert set(labels[:2000].tolist()) <= {POSITIVE, UNCONDITIONAL}
+    assert set(labels[2000:].tolist()) <= {NEGATIVE, UNCONDITIONAL}
+
+
+def test_set_keys_and_bad_input():
+    p = _policy()
+    loss = RIPTCFGLoss(p)
+    td = _td().rename_key_("advantage", "adv")
+    with pytest.raises(KeyError, match="set_keys"):
+        loss(td)
+    loss.set_keys(advantage="adv")
+    assert torch.isfinite(loss(td)["loss_ript_cfg"])
+    td["adv"][0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        loss(td)
+    with pytest.raises(KeyError, match="action_chunk"):
+        RIPTCFGLoss(p)(_td().exclude("action_chunk"))
+    with pytest.raises(ValueError, match="mode"):
+        RIPTCFGLoss(p, mode="ppo")
+    no_cfg = FlowMatchingMLPPolicy(obs_dim=4, action_dim=2, chunk_size=3, supports_cfg=False)
+    with pytest.raises(ValueError, match="CFG head"):
+        RIPTCFGLoss(no_cfg, mode="cfg")
+    with pytest.raises(TypeError, match="FlowMatchingPolicy"):
+        RIPTCFGLoss(torch.nn.Linear(2, 2))
