@@ -41,7 +41,8 @@ def test_weights_are_awr_bounded_and_ordered():
     adv = torch.tensor([1.0, -1 / 7, -1 / 7, 0.5, -0.5, 0.0])
     w = loss.advantage_weights(adv)
     assert (w > 0).all() and (w <= 3.0).all()
-    assert torch.equal(torch.argsort(w), torch.argsort(adv, stable=True)) or w[0] == w.max()
+    order = torch.argsort(adv)
+    assert (w[order].diff() >= 0).all()  # monotone in the advantage
     a_n = adv / (adv.std() + 1e-6)
     raw = torch.exp(a_n / 0.5)
     assert torch.allclose(w, (raw / raw.mean()).clamp(max=3.0))
