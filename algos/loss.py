@@ -29,6 +29,16 @@ v = v_uncond + w * (v_pos - v_uncond) (the policy's `guidance`).
 
 The policy is stored as a submodule and called, never made functional, so DDP
 can wrap the policy (or this module) and its hooks run.
+
+Data parallel (`sync_across_ranks=True`, for a DDP-wrapped loss): the batch
+statistics above (count, std of A, mean of w~) are all-reduced over the
+process group, so every rank weights its samples exactly as one process
+holding the whole global minibatch would, and each rank's loss is scaled by
+world_size / N_global so that DDP's gradient average is the gradient of the
+global mean. An optional per-sample mask (key "sample_mask") takes padding
+samples out of the statistics and the loss. Optional "fm_noise" / "fm_time" /
+"label_drop" entries fix the flow-matching noise and time and the CFG label
+dropout (tests of that equivalence; normally they are drawn here).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as torch_dist
 from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey
 from torchrl.objectives import LossModule
@@ -55,6 +66,9 @@ class RIPTCFGLoss(LossModule):
         w_max: upper clip of the self-normalised weight (weighted mode).
         normalize_advantage: divide advantages by their batch std first (weighted mode).
         p_uncond: probability of dropping a label to UNCONDITIONAL (cfg mode).
+        sync_across_ranks: all-reduce the batch statistics over the default process
+            group and scale the loss for DDP's gradient average (set it when this
+            module is wrapped in DistributedDataParallel; a no-op without a group).
 
     Input keys (change with `set_keys`): advantage [B, 1] or [B], action_chunk
     [B, chunk, dim], action_mask [B, chunk] (optional), plus the policy's
@@ -70,11 +84,19 @@ class RIPTCFGLoss(LossModule):
             advantage: per-sample advantage, [B] or [B, 1].
             action_chunk: stored chunk the policy produced, [B, chunk, action_dim].
             action_mask: optional [B, chunk] bool of executed/valid steps.
+            sample_mask: optional [B] bool; False marks padding samples (no loss, no statistics).
+            noise: optional [B, chunk, action_dim] flow-matching noise (drawn when absent).
+            time: optional [B] flow-matching time (drawn when absent).
+            label_drop: optional [B] bool, which CFG labels become UNCONDITIONAL (drawn when absent).
         """
 
         advantage: NestedKey = "advantage"
         action_chunk: NestedKey = "action_chunk"
         action_mask: NestedKey = "action_mask"
+        sample_mask: NestedKey = "sample_mask"
+        noise: NestedKey = "fm_noise"
+        time: NestedKey = "fm_time"
+        label_drop: NestedKey = "label_drop"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -88,6 +110,7 @@ class RIPTCFGLoss(LossModule):
         w_max: float = 20.0,
         normalize_advantage: bool = True,
         p_uncond: float = 0.1,
+        sync_across_ranks: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(policy, FlowMatchingPolicy):
@@ -108,6 +131,7 @@ class RIPTCFGLoss(LossModule):
         self.w_max = float(w_max)
         self.normalize_advantage = normalize_advantage
         self.p_uncond = float(p_uncond)
+        self.sync_across_ranks = bool(sync_across_ranks)
 
     @property
     def functional(self) -> bool:
@@ -117,13 +141,36 @@ class RIPTCFGLoss(LossModule):
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         """No value estimator: nothing to forward."""
 
-    def advantage_weights(self, advantage: torch.Tensor) -> torch.Tensor:
-        """Detached AWR weights [B] for `weighted` mode (formula in the module docstring)."""
-        adv = advantage.detach().float()
-        if self.normalize_advantage and adv.numel() > 1:
-            adv = adv / (adv.std() + 1e-6)
+    def _world(self) -> int:
+        """Ranks the statistics are reduced over (1 unless syncing inside a process group)."""
+        if self.sync_across_ranks and torch_dist.is_available() and torch_dist.is_initialized():
+            return torch_dist.get_world_size()
+        return 1
+
+    def _global_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a small detached float64 vector over ranks (gloo reduces on CPU, nccl on the device)."""
+        if self._world() == 1:
+            return values
+        buf = values.cpu() if torch_dist.get_backend() == "gloo" else values
+        torch_dist.all_reduce(buf, op=torch_dist.ReduceOp.SUM)
+        return buf.to(values.device)
+
+    def advantage_weights(self, advantage: torch.Tensor, sample_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Detached AWR weights [B] for `weighted` mode (formula in the module docstring).
+
+        Statistics run over the samples in `sample_mask` (all if None), over every rank
+        when `sync_across_ranks`; masked-out samples get arbitrary (finite) weights.
+        """
+        adv = advantage.detach().double().reshape(-1)
+        mask = torch.ones_like(adv) if sample_mask is None else sample_mask.detach().reshape(-1).to(adv)
+        n, s1, s2 = self._global_sum(torch.stack([mask.sum(), (mask * adv).sum(), (mask * adv * adv).sum()])).unbind()
+        if self.normalize_advantage and n > 1:
+            var = ((s2 - s1 * s1 / n) / (n - 1)).clamp_min(0.0)  # unbiased, as torch.std
+            adv = adv / (var.sqrt() + 1e-6)
         raw = torch.exp((adv / self.temperature).clamp(min=-50.0, max=50.0))  # min: all-equal negative advantages gave 0/0
-        return (raw / raw.mean()).clamp(max=self.w_max)
+        raw_sum = self._global_sum((mask * raw).sum().reshape(1))[0]
+        mean = raw_sum / n.clamp_min(1.0)
+        return (raw / mean.clamp_min(1e-300)).clamp(max=self.w_max).float()
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         keys = self.tensor_keys
@@ -147,20 +194,34 @@ class RIPTCFGLoss(LossModule):
         elif "action_mask" in policy_td.keys():
             policy_td.del_("action_mask")
 
+        sample_mask = tensordict.get(keys.sample_mask, None)
+        valid = torch.ones_like(advantage, dtype=torch.bool) if sample_mask is None else sample_mask.reshape(-1).to(advantage.device).bool()
+        noise = tensordict.get(keys.noise, None)
+        time = tensordict.get(keys.time, None)
         positive = advantage > 0
         if self.mode == "weighted":
-            per_sample = self.policy.per_sample_loss(policy_td)
-            weights = self.advantage_weights(advantage).to(per_sample)
-            loss = (weights * per_sample).mean()
+            per_sample = self.policy.per_sample_loss(policy_td, noise=noise, time=time)
+            weights = self.advantage_weights(advantage, valid).to(per_sample)
             frac_uncond = torch.zeros(())
         else:
             labels = torch.where(positive, POSITIVE, NEGATIVE).long()
-            drop = torch.rand(labels.shape, device=labels.device) < self.p_uncond
+            drop = tensordict.get(keys.label_drop, None)
+            drop = torch.rand(labels.shape, device=labels.device) < self.p_uncond if drop is None else drop.reshape(labels.shape).to(labels.device).bool()
             labels = torch.where(drop, torch.full_like(labels, UNCONDITIONAL), labels)
-            per_sample = self.policy.per_sample_loss(policy_td, optimality=labels)
+            per_sample = self.policy.per_sample_loss(policy_td, noise=noise, time=time, optimality=labels)
             weights = torch.ones_like(per_sample)
-            loss = per_sample.mean()
-            frac_uncond = drop.float().mean()
+            frac_uncond = drop[valid].float().mean() if valid.any() else torch.zeros(())
+        fmask = valid.to(per_sample)
+        if sample_mask is None and self._world() == 1:
+            loss = (weights * per_sample).mean()
+        else:  # sum over this rank's valid samples / the global count, x world for DDP's average
+            n_global = self._global_sum(fmask.detach().double().sum().reshape(1))[0].clamp_min(1.0)
+            loss = (fmask * weights * per_sample).sum() * (self._world() / n_global.to(per_sample))
+        if not valid.all():  # diagnostics over the real samples only
+            per_sample, weights, positive = per_sample[valid], weights[valid], positive[valid]
+        if per_sample.numel() == 0:
+            per_sample = weights = torch.zeros(1, device=fmask.device)
+            positive = torch.zeros(1, dtype=torch.bool, device=fmask.device)
         return TensorDict(
             {
                 "loss_ript_cfg": loss,

@@ -145,6 +145,43 @@ def refill_replay_buffer(buffer: TensorDictReplayBuffer, data: TensorDictBase | 
 
 
 # -- update ------------------------------------------------------------------------
+def _ddp_group(loss_module: object) -> tuple[bool, int, int]:
+    """(is the loss DDP-wrapped, world size, rank); a DDP module implies an initialised process group."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(loss_module, DistributedDataParallel) and torch.distributed.is_initialized():
+        return True, torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return False, 1, 0
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _all_reduce(values: torch.Tensor) -> torch.Tensor:
+    """Sum a small float64 vector over ranks (on the device nccl needs)."""
+    buf = values.to(_collective_device())
+    torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
+    return buf.cpu()
+
+
+def _rank_sizes(n: int, world: int, rank: int) -> list[int]:
+    """Every rank's buffer length (one all-reduce of a one-hot vector)."""
+    v = torch.zeros(world, dtype=torch.float64)
+    v[rank] = n
+    return [int(x) for x in _all_reduce(v).tolist()]
+
+
+def _padding_sample(buffer: TensorDictReplayBuffer, sizes: list[int], rank: int) -> TensorDictBase | None:
+    """A one-sample template for ranks without data (sent by the rank with most), so they join every DDP step with a zero-weight sample."""
+    if min(sizes) > 0:
+        return None
+    donor = max(range(len(sizes)), key=lambda r: sizes[r])
+    box = [buffer[torch.zeros(1, dtype=torch.long)] if rank == donor else None]
+    torch.distributed.broadcast_object_list(box, src=donor, device=_collective_device())
+    return box[0]
+
+
 def update_policy(
     loss_module: Callable[[TensorDictBase], TensorDictBase],
     buffer: TensorDictReplayBuffer,
@@ -159,6 +196,7 @@ def update_policy(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    sample_mask_key: str = "sample_mask",
 ) -> dict[str, float]:
     """Epochs x shuffled minibatches of the buffer: loss -> backward -> (accumulate) -> clip -> step.
 
@@ -166,15 +204,30 @@ def update_policy(
     whose loss is non-finite is not back-propagated, and a step whose gradient
     norm is non-finite is skipped (gradients zeroed); both are counted in
     `skipped_nonfinite`. `amp_dtype` runs the loss under torch.autocast; pass a
-    GradScaler for float16. `loss_module` may be DDP-wrapped (it is only called).
-    Returns the means of the loss outputs plus optimizer_steps, skipped_nonfinite,
-    grad_norm and lr.
+    GradScaler for float16. Returns the means of the loss outputs plus
+    optimizer_steps, skipped_nonfinite, grad_norm and lr.
+
+    DDP (`loss_module` wrapped in DistributedDataParallel, its loss built with
+    `sync_across_ranks=True`): `minibatch_size` is the GLOBAL minibatch. Ranks may
+    hold different amounts of data, yet every rank must run the same number of
+    forward/backward passes or DDP deadlocks: each epoch has
+    M = ceil(sum of buffer lengths / minibatch_size) minibatches on every rank, and
+    each rank splits its own shuffled buffer into M near-equal parts, so every
+    sample is used once per epoch and the global minibatch is the union of the
+    parts. A part that would be empty (a rank with less data than M) is one
+    padding sample masked out through `sample_mask_key`. Skipping a non-finite
+    loss is decided across ranks (any rank non-finite -> all skip), and the
+    returned metrics are averaged over ranks.
     """
+    ddp, world, rank = _ddp_group(loss_module)
     n = len(buffer)
-    if n == 0:
+    sizes = _rank_sizes(n, world, rank) if ddp else [n]
+    n_total = sum(sizes)
+    if n_total == 0:
         raise ValueError("the replay buffer is empty: collect informative groups before update_policy (or skip the update).")
     if epochs < 1 or minibatch_size < 1 or grad_accum_steps < 1:
         raise ValueError(f"epochs, minibatch_size and grad_accum_steps must be >= 1, got {epochs}, {minibatch_size}, {grad_accum_steps}.")
+    template = _padding_sample(buffer, sizes, rank) if ddp else None
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sums: dict[str, float] = defaultdict(float)
     counted = 0
@@ -206,17 +259,36 @@ def update_policy(
             optimizer.zero_grad(set_to_none=True)
         pending = 0
 
-    for _ in range(epochs):
+    def _minibatches() -> Iterator[TensorDictBase]:
         order = torch.randperm(n, generator=generator)
-        for start in range(0, n, minibatch_size):
-            batch = buffer[order[start : start + minibatch_size]]
+        if not ddp:
+            for start in range(0, n, minibatch_size):
+                yield buffer[order[start : start + minibatch_size]]
+            return
+        m = math.ceil(n_total / minibatch_size)  # the same on every rank
+        start = 0
+        for part in range(m):
+            size = n // m + (1 if part < n % m else 0)
+            if size > 0:
+                yield buffer[order[start : start + size]]
+                start += size
+                continue
+            pad = buffer[order[:1]] if n > 0 else template.clone()
+            pad.set(sample_mask_key, torch.zeros(1, dtype=torch.bool))
+            yield pad
+
+    for _ in range(epochs):
+        for batch in _minibatches():
             if device is not None:
                 batch = batch.to(device)
             autocast = torch.autocast(device_type=torch.device(device or "cpu").type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
             with autocast:
                 out = loss_module(batch)
             loss = out["loss_ript_cfg"] if "loss_ript_cfg" in out.keys() else sum(v for k, v in out.items() if k.startswith("loss"))
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss))
+            if ddp:  # all ranks must agree, or one backward (and its gradient all-reduce) would be missing
+                finite = bool(_all_reduce(torch.tensor([0.0 if finite else 1.0], dtype=torch.float64))[0] == 0)
+            if not finite:
                 skipped += 1
                 continue
             scaled = loss / grad_accum_steps
@@ -230,6 +302,10 @@ def update_policy(
     if pending:
         _step()
     metrics = {key: value / max(counted, 1) for key, value in sums.items()}
+    if ddp and metrics:  # the loss outputs averaged over ranks (the loss itself: the global minibatch loss)
+        keys = sorted(metrics)
+        reduced = _all_reduce(torch.tensor([metrics[k] for k in keys], dtype=torch.float64)) / world
+        metrics = dict(zip(keys, reduced.tolist()))
     metrics.update(
         optimizer_steps=steps,
         skipped_nonfinite=skipped,

@@ -19,6 +19,14 @@ scaler, RNG, sampler, early stopping), so 2 iterations + resume + 2 iterations g
 the same parameters as 4 iterations in one go.
 Hooks for DDP and reliability: a `DistInfo` travels through the run (rank-0 logging
 and checkpoints; contexts drawn per rank); SIGTERM/SIGINT checkpoint and exit 0.
+
+Data parallel (torchrun --nproc_per_node=N recipes/ript_cfg.py ...): every rank draws
+contexts from its own shard of (task, init state) pairs with its own seed; the kept-group
+and context-draw counts are all-reduced after every collection round, so
+`algo.target_groups`, `algo.max_context_draws` and `optim.minibatch_size` are GLOBAL
+(`algo.contexts_per_iteration` is per rank and round). The loss is DDP-wrapped with
+global advantage statistics; evaluation episodes are sharded and merged; rank 0 alone
+writes; the replicas are checked bit-identical at the end.
 """
 
 from __future__ import annotations
@@ -42,7 +50,17 @@ from ript.algos import GroupLOOAdvantage, make_replay_buffer, refill_replay_buff
 from ript.algos.sampling import ContextSampler
 from ript.recipes.common.checkpoint import CheckpointError, Checkpointer, resolve_resume
 from ript.recipes.common.config import ConfigError, RIPTConfig, run_main, to_dict, to_yaml
-from ript.recipes.common.distributed import DistInfo, distributed_session, rank_seed
+from ript.recipes.common.distributed import (
+    DistInfo,
+    all_gather_object,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    check_replicas,
+    distributed_session,
+    rank_seed,
+    shard,
+)
 from ript.recipes.common.evaluation import evaluate
 from ript.recipes.common.factories import (
     make_collector,
@@ -53,6 +71,7 @@ from ript.recipes.common.factories import (
     max_decision_steps,
     push_episodes,
     stored_keys,
+    wrap_ddp,
 )
 from ript.recipes.common.logging import MetricLogger, PhaseTimer, memory_stats
 from ript.recipes.common.optim import EarlyStopping, amp_dtype
@@ -144,8 +163,15 @@ def collect(
     per_task: dict[int, list[bool]] = defaultdict(list)
     draws = frames = 0
     bar = logger.progress(total=a.max_context_draws * a.group_size, desc=f"iter {it} rollouts")
-    while advantage.kept_groups < a.target_groups and draws < a.max_context_draws:
-        contexts = sampler.sample(min(a.contexts_per_iteration, a.max_context_draws - draws))
+    while True:
+        # global counts: every rank takes the same decision, so all run the same rounds
+        kept_all, draws_all = (int(v) for v in all_reduce_sum(dist, [advantage.kept_groups, draws]))
+        if kept_all >= a.target_groups or draws_all >= a.max_context_draws:
+            break
+        round_total = min(a.contexts_per_iteration * dist.world_size, a.max_context_draws - draws_all)
+        contexts = sampler.sample(len(range(dist.rank, round_total, dist.world_size)))
+        if not contexts:  # the global cap left this rank no context this round
+            continue
         groups = {GROUP_BASE + dist.rank * 10**9 + it * 10_000 + draws + j: ctx for j, ctx in enumerate(contexts)}
         episodes = [{"task_id": t, "init_state_id": s, "group_id": g} for g, (t, s) in groups.items() for _ in range(a.group_size)]
         per_worker = push_episodes(env, episodes, n_workers)
@@ -171,19 +197,44 @@ def collect(
         draws += len(contexts)
     bar.close()
     stats = advantage.stats()
-    trials = [s for v in per_task.values() for s in v]
+    # summed over ranks (a no-op alone): what the run did, not what rank 0 did
+    tasks = list(cfg.env.tasks)
+    local = [stats["kept_groups"], stats["dropped_groups"], draws, stats["kept_steps"], frames]
+    local += [x for t in tasks for x in (sum(per_task.get(t, [])), len(per_task.get(t, [])))]
+    total = [int(v) for v in all_reduce_sum(dist, local)]
+    kept_g, dropped_g, draws_g, steps_g, frames_g = total[:5]
+    wins, trials = sum(total[5::2]), sum(total[6::2])
     metrics = {
-        "train/success_rate": sum(trials) / len(trials) if trials else float("nan"),
-        "train/episodes": len(trials),
-        "groups/kept": stats["kept_groups"],
-        "groups/dropped": stats["dropped_groups"],
-        "groups/contexts_drawn": draws,
-        "data/decision_steps": stats["kept_steps"],
-        "data/env_frames": frames,
+        "train/success_rate": wins / trials if trials else float("nan"),
+        "train/episodes": trials,
+        "groups/kept": kept_g,
+        "groups/dropped": dropped_g,
+        "groups/contexts_drawn": draws_g,
+        "data/decision_steps": steps_g,
+        "data/env_frames": frames_g,
     }
-    for task, v in sorted(per_task.items()):
-        metrics[f"train/success_rate_task{task}"] = sum(v) / len(v)
+    for i, task in enumerate(tasks):
+        if total[6 + 2 * i]:
+            metrics[f"train/success_rate_task{task}"] = total[5 + 2 * i] / total[6 + 2 * i]
     return Collected(torch.cat(kept, 0) if kept else None, metrics, dict(per_task))
+
+
+def evaluate_all_ranks(cfg: RIPTConfig, dist: DistInfo, env: Any, policy: Any, *, record_video: bool) -> tuple[dict[str, float], list]:
+    """Held-out evaluation with the episodes sharded over ranks and the results merged on all of them
+    (so early stopping and best-checkpoint decisions agree everywhere)."""
+    if not dist.enabled:
+        return evaluate(cfg, env, policy, record_video=record_video)
+    episodes: list = []
+    _, videos = evaluate(cfg, env, policy, record_video=record_video, episodes_out=episodes, shard=(dist.rank, dist.world_size))
+    merged = [(t, ok) for part in all_gather_object(dist, [(e.task_id, bool(e.success)) for e in episodes]) for t, ok in part]
+    by_task: dict[int, list[bool]] = defaultdict(list)
+    for task, ok in merged:
+        by_task[task].append(ok)
+    trials = [ok for _, ok in merged]
+    metrics: dict[str, float] = {"eval/success_rate": sum(trials) / len(trials), "eval/episodes": len(trials)}
+    for task, v in sorted(by_task.items()):
+        metrics[f"eval/success_rate_task{task}"] = sum(v) / len(v)
+    return metrics, videos
 
 
 # --------------------------------------------------------------------------- main
@@ -223,7 +274,9 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
 
     policy = make_policy(cfg, device)
     env = make_env(cfg, policy, seed=seed)
-    loss_module = make_loss(cfg, policy)
+    loss_module = make_loss(cfg, policy, sync_across_ranks=dist.enabled)
+    if dist.enabled:  # DDP broadcasts rank 0's initial weights to every rank here
+        loss_module = wrap_ddp(loss_module, device)
     opt = make_optimization(cfg, policy, device)
     collector = make_collector(env, policy, cfg)
     batches = iter(collector)
@@ -231,6 +284,8 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
     capacity = cfg.algo.max_context_draws * cfg.algo.group_size * (max_decision_steps(cfg) + 1)
     buffer = make_replay_buffer(capacity)
     contexts = [(t, s) for t in cfg.env.tasks for s in cfg.env.train_init_states]
+    if len(contexts) >= dist.world_size:  # each rank its own share (else all ranks share all, with distinct seeds)
+        contexts = shard(contexts, dist)
     sampler = ContextSampler(
         contexts, cfg.sampling.strategy, group_size=cfg.algo.group_size, success_rate_target=cfg.sampling.success_rate_target, seed=seed
     )
@@ -239,12 +294,14 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
     start_it = 0
     if resume_from is not None:
         state = Checkpointer.load(resume_from, policy=policy, optimizer=opt.optimizer, scheduler=opt.scheduler, scaler=opt.scaler)
-        sampler.load_state_dict(state["extra"]["sampler"])
+        per_rank = state["extra"].get("sampler_ranks")
+        sampler.load_state_dict(per_rank[dist.rank] if per_rank and len(per_rank) == dist.world_size else state["extra"]["sampler"])
         early.load_state_dict(state["extra"]["early_stopping"])
         start_it = state["iteration"]
         logger.info(f"resumed from {resume_from} at iteration {start_it}")
 
     def save(it: int, metrics: dict[str, Any], is_best: bool = False) -> None:
+        sampler_ranks = all_gather_object(dist, sampler.state_dict())  # every rank's contexts and outcomes
         checkpointer.save(
             it,
             policy=policy,
@@ -253,9 +310,10 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
             scaler=opt.scaler,
             config_yaml=to_yaml(cfg),
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-            extra={"sampler": sampler.state_dict(), "early_stopping": early.state_dict()},
+            extra={"sampler": sampler.state_dict(), "sampler_ranks": sampler_ranks, "early_stopping": early.state_dict()},
             is_best=is_best,
         )
+        barrier(dist, f"checkpoint of iteration {it}")  # the others wait (timed) while rank 0 writes
 
     timer = PhaseTimer()
     metrics: dict[str, Any] = {}
@@ -274,9 +332,10 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
             with timer("buffer"):
                 data = collected.data.select(*stored_keys(policy, collected.data)) if collected.data is not None else None
                 n_steps = refill_replay_buffer(buffer, data)
+                n_steps_all = int(all_reduce_sum(dist, [n_steps])[0])  # update if ANY rank has data (DDP: all or none)
             metrics = dict(collected.metrics)
             with timer("update"):
-                if n_steps > 0:
+                if n_steps_all > 0:
                     upd = update_policy(
                         loss_module,
                         buffer,
@@ -310,7 +369,7 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
             if it % cfg.eval.every == 0 or it == cfg.train.iterations:
                 record = cfg.logging.video_every > 0 and it % cfg.logging.video_every == 0 and dist.is_main
                 with timer("eval"):
-                    eval_metrics, videos = evaluate(cfg, env, policy, record_video=record)
+                    eval_metrics, videos = evaluate_all_ranks(cfg, dist, env, policy, record_video=record)
                 metrics.update(eval_metrics)
                 is_best = early.update(eval_metrics["eval/success_rate"])
                 if videos and dist.is_main:
@@ -328,10 +387,13 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
                 if it % cfg.checkpoint.every != 0:
                     save(it, metrics)
                 break
-            if preemption.requested:
+            if any_rank(dist, preemption.requested):  # one rank's SIGTERM stops all at the same iteration
                 save(it, metrics)
                 stopped = f"preempted by {preemption.received.name}: checkpoint saved, continue with checkpoint.resume=auto"
                 break
+    replica_hash = check_replicas(dist, policy)
+    if dist.enabled:
+        logger.info(f"parameters bit-identical on all {dist.world_size} ranks (sha1 {replica_hash})")
     plot = None
     if dist.is_main and cfg.logging.csv and logger.csv_path is not None and logger.csv_path.is_file():
         plot = plot_training_curves(logger.csv_path, out_dir / "training_curves.png")
@@ -349,6 +411,7 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
         "last_checkpoint": checkpointer.latest(),
         "best_checkpoint": checkpointer.best(),
         "final_metrics": metrics,
+        "param_hash": replica_hash,
     }
     if dist.is_main:
         print(f"\nrun {stopped} after {it} iterations. Outputs in {out_dir}:")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -135,6 +136,39 @@ def broadcast_object(info: DistInfo, obj: T) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_object(info: DistInfo, obj: T) -> list[T]:
+    """Every rank's `obj`, in rank order (pickled; for small things: states, episode results)."""
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world_size
+    try:
+        dist.all_gather_object(out, obj)
+    except Exception as err:  # noqa: BLE001
+        raise DistributedError(f"rank {info.rank}: all_gather_object failed (another rank crashed?): {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    return out
+
+
+def state_hash(module: torch.nn.Module) -> str:
+    """sha1 of every parameter and buffer's bytes (names included): equal iff the replicas are bit-identical."""
+    h = hashlib.sha1()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        if isinstance(t, torch.Tensor):
+            h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_replicas(info: DistInfo, module: torch.nn.Module) -> str:
+    """Raise DistributedError unless `module` is bit-identical on every rank; returns the hash."""
+    digest = state_hash(module)
+    digests = all_gather_object(info, digest)
+    if len(set(digests)) != 1:
+        raise DistributedError(
+            f"rank {info.rank}: model replicas diverged across ranks (hashes {digests}); every rank must run the same optimizer steps: report this as a bug"
+        )
+    return digest
 
 
 def shard(items: Sequence[T], info: DistInfo) -> list[T]:

@@ -23,11 +23,25 @@ from .video import episode_frames
 
 @torch.no_grad()
 def evaluate(
-    cfg: RIPTConfig, env: Any, policy: Any, *, record_video: bool, max_videos: int = 4, episodes_out: list[EpisodeResult] | None = None
+    cfg: RIPTConfig,
+    env: Any,
+    policy: Any,
+    *,
+    record_video: bool,
+    max_videos: int = 4,
+    episodes_out: list[EpisodeResult] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[dict[str, float], list[list[np.ndarray]]]:
-    """Success on held-out init states: `eval.episodes` per task, one episode per worker per round."""
+    """Success on held-out init states: `eval.episodes` per task, one episode per worker per round.
+
+    `shard=(rank, world_size)` runs only this rank's round-robin share of the episodes
+    (DDP: merge the ranks' `episodes_out`); an empty share returns no metrics.
+    """
     n_workers = env.batch_size.numel()
     todo = [(t, cfg.eval.init_states[i % len(cfg.eval.init_states)]) for t in cfg.env.tasks for i in range(cfg.eval.episodes)]
+    todo = todo[shard[0] :: shard[1]]
+    if not todo:
+        return {}, []
     results: dict[int, list[bool]] = defaultdict(list)
     videos: list[list[np.ndarray]] = []
     horizon = max_decision_steps(cfg)

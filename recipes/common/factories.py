@@ -188,9 +188,39 @@ def make_collector(env: EnvBase, policy: FlowMatchingPolicy, cfg: RIPTConfig) ->
     return Collector(env, policy, frames_per_batch=frames, total_frames=-1, auto_register_policy_transforms=False)
 
 
-def make_loss(cfg: RIPTConfig, policy: FlowMatchingPolicy) -> RIPTCFGLoss:
+def make_loss(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, sync_across_ranks: bool = False) -> RIPTCFGLoss:
+    """RIPTCFGLoss as configured; `sync_across_ranks` (DDP) makes its batch statistics global."""
     a = cfg.algo
-    return RIPTCFGLoss(policy, mode=a.mode, temperature=a.weight_temperature, w_max=a.weight_clip, p_uncond=a.p_uncond)
+    return RIPTCFGLoss(
+        policy, mode=a.mode, temperature=a.weight_temperature, w_max=a.weight_clip, p_uncond=a.p_uncond, sync_across_ranks=sync_across_ranks
+    )
+
+
+def wrap_ddp(loss_module: RIPTCFGLoss, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around the loss module (it calls the policy, so DDP's hooks see every use).
+
+    find_unused_parameters=False, explicitly: every trainable parameter must get a
+    gradient in every backward. PI0Actor freezes the parameters PI0's action loss can
+    structurally never reach (the VLM's last-layer query/output/MLP, final norm, LM
+    heads), and a CFG label embedding is only reachable in `cfg` mode, so in
+    `weighted` mode it is frozen here (it would get no gradient anyway).
+    tests/recipes/test_ddp.py checks that every trainable parameter gets a gradient.
+    broadcast_buffers=False: the policies' buffers are constants (no running stats),
+    so re-broadcasting them every forward would only cost time.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not loss_module.sync_across_ranks:
+        raise ValueError("wrap_ddp needs a loss built with sync_across_ranks=True (global advantage statistics): use make_loss(..., sync_across_ranks=True)")
+    label_embed = getattr(loss_module.policy, "label_embed", None)
+    if loss_module.mode == "weighted" and label_embed is not None:
+        label_embed.requires_grad_(False)
+    return DistributedDataParallel(
+        loss_module,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=False,
+        broadcast_buffers=False,
+    )
 
 
 def expected_optimizer_steps(cfg: RIPTConfig) -> int:
