@@ -17,6 +17,6 @@ from .transforms import (  # noqa: E402
     PI0TokenizeTransform,
     make_pi0_transforms,
 )
-from ript.envs.factory import make_libero_env  # noqa: E402
+from ript.envs.factory import make_libero_env, push_contexts  # noqa: E402
 from ript.envs.gym_env import LiberoGymEnv  # noqa: E402  (registers "ript/LIBERO-v0" with gymnasium)
 from ript.envs.libero_env import SUITE_MAX_STEPS, SUITES, LiberoEnv, LiberoSimulator  # noqa: E402

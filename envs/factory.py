@@ -35,7 +35,7 @@ def make_libero_env(
 
     num_envs=1 gives a `LiberoEnv`; num_envs>1 a `ParallelEnv` (one process per
     simulation, built inside the workers) or, with parallel=False, a `SerialEnv`.
-    Worker i gets `worker_index=i` (target it with `env.push_contexts(ctxs, worker=i)`)
+    Worker i gets `worker_index=i` (queue its contexts with `ript.envs.push_contexts(env, ctxs, worker=i)`)
     and default group ids offset by i * 1e6. `transforms` wrap the result in
     `TransformedEnv(env, Compose(*transforms))`. `env_kwargs` go to `LiberoEnv`.
     """
@@ -63,3 +63,18 @@ def make_libero_env(
     if transforms:
         env = TransformedEnv(env, Compose(*transforms))
     return env
+
+
+def push_contexts(env: EnvBase, contexts: Sequence[dict[str, int]], worker: int | None = None) -> list[int]:
+    """Queue RIPT contexts for the next resets of worker `worker` (all workers if None).
+
+    Works on a LiberoEnv, a Parallel/SerialEnv of them and TransformedEnv wrappers;
+    returns each worker's queue length. A bad context (e.g. init_state_id out of
+    range) raises ValueError here, in the caller.
+    """
+    out = env.push_contexts(list(contexts), worker, raise_errors=False)
+    results = out if isinstance(out, list) else [out]
+    errors = [r for r in results if isinstance(r, str)]
+    if errors:
+        raise ValueError(errors[0])
+    return results

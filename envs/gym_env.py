@@ -82,6 +82,7 @@ class LiberoGymEnv(gym.Env):
         if self.render_mode is None:
             return None
         h, w = self.sim.camera_hw
+        self.sim._make_current()
         img = self.sim.robosuite_env.sim.render(camera_name="agentview", width=w, height=h)
         return np.ascontiguousarray(img[::-1, ::-1])
 

@@ -30,6 +30,7 @@ renders them at the very sub-step that per-step rendering would have used.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -145,7 +146,7 @@ class LiberoSimulator:
     def _build(self) -> None:
         _, get_libero_path, OffScreenRenderEnv = _import_libero()
         if self._env is not None:
-            self._env.close()
+            self.close()
         task = self.suite.get_task(self.task_id)
         self.instruction = str(task.language)
         self.task_name = str(task.name)
@@ -170,6 +171,7 @@ class LiberoSimulator:
                     "(Debian libegl1 libegl-mesa0 libgl1-mesa-dri) or export MUJOCO_GL=osmesa"
                 ) from err
             raise
+        self._make_current()
         self._set_cameras(not self._lazy)
 
     def set_task(self, task: int | str) -> None:
@@ -211,6 +213,37 @@ class LiberoSimulator:
             ob._sampled = ref._sampled
             ob._current_delay = ref._current_delay
 
+    def _make_current(self) -> None:
+        """Make this simulator's GL context current and have every render do so too.
+
+        robosuite renders into whichever GL context is current, and a freed context
+        (another simulator closed, or the old one of a hard reset, whenever the garbage
+        collector gets to it) calls eglReleaseThread: with several simulators in one
+        process (SerialEnv, train + eval envs) frames came out as garbage without this.
+        """
+        ctx = getattr(self._env.env.sim, "_render_context_offscreen", None)
+        if ctx is None:
+            return
+        if not getattr(ctx, "_ript_guarded", False):
+            render = ctx.render
+
+            def guarded_render(*args, **kwargs):
+                ctx.gl_ctx.make_current()
+                return render(*args, **kwargs)
+
+            ctx.render = guarded_render
+            ctx._ript_guarded = True
+        ctx.gl_ctx.make_current()
+
+    def _free_renderer(self) -> None:
+        # robosuite's MjRenderContext.__del__ frees MuJoCo's GL objects in whichever context is
+        # current, i.e. possibly another simulator's (its framebuffers then read back garbage):
+        # free them here, in their own context, before robosuite drops the renderer.
+        ctx = getattr(self._env.env.sim, "_render_context_offscreen", None)
+        if ctx is not None:
+            ctx.gl_ctx.make_current()
+            ctx.con.free()
+
     def _check_success(self) -> bool:
         return bool(self._env.check_success())
 
@@ -229,12 +262,16 @@ class LiberoSimulator:
                 f"use 0..{self.n_init_states - 1}"
             )
         env = self._env
+        self._make_current()
         if hard:  # LIBERO's default: rebuild model, sim and renderer (seconds)
+            self._free_renderer()
             env.env.hard_reset = True
             try:
                 env.reset()
             finally:
                 env.env.hard_reset = False
+            gc.collect()  # free the old renderer now rather than at a random later point
+            self._make_current()  # guard the new renderer
         else:
             env.reset()
             # A soft reset keeps the robot model, whose gripper remembers its last command
@@ -266,6 +303,7 @@ class LiberoSimulator:
         if self.elapsed >= self.max_steps:
             raise RuntimeError(f"episode over after {self.elapsed} steps (max_steps={self.max_steps}): call reset()")
         env = self._env
+        self._make_current()
         n_exec = min(len(actions), self.max_steps - self.elapsed)
         success, obs, executed = False, None, 0
         for i in range(n_exec):
@@ -288,8 +326,10 @@ class LiberoSimulator:
 
     def close(self) -> None:
         if self._env is not None:
+            self._free_renderer()
             self._env.close()
             self._env = None
+            gc.collect()  # release the GL context now, not in the middle of another simulator's render
 
 
 def _validate_actions(action: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -325,10 +365,10 @@ class LiberoEnv(EnvBase):
     {"init_state_id": i, "group_id": g, "task_id": t (optional, same suite: a
     rebuild)} that the next resets consume first-in first-out, whoever calls reset
     (a `torchrl.collectors.Collector` included); once the queue is empty the mode
-    above takes over again. Inside a ParallelEnv/SerialEnv the call is broadcast
-    to every worker: pass `worker=i` to address worker i only (each worker knows
-    its `worker_index`, set by `make_libero_env`), e.g.
-    `env.push_contexts(ctxs, worker=i)`; it returns the queue lengths.
+    above takes over again. For batched envs use `ript.envs.push_contexts(env,
+    ctxs, worker=i)`: the call is broadcast to the workers, worker i (its
+    `worker_index`, set by `make_libero_env`) queues them, and a bad context
+    raises in the caller instead of killing the worker process.
 
     Resets are soft (restore the init state without rebuilding simulator and
     renderer); `reset_mode="hard"` uses LIBERO's rebuild every time and
@@ -427,15 +467,27 @@ class LiberoEnv(EnvBase):
             raise ValueError(f"init_state_id {i} out of range for {self.suite_name} task {self.sim.task_id}: "
                              f"use 0..{self.sim.n_init_states - 1}")
 
-    def push_contexts(self, contexts: Iterable[Mapping[str, int]], worker: int | None = None) -> int:
+    def push_contexts(
+        self, contexts: Iterable[Mapping[str, int]], worker: int | None = None, *, raise_errors: bool = True
+    ) -> int | str:
         """Queue contexts for the next resets (FIFO); returns the queue length.
 
         Each context: {"init_state_id": int, "group_id": int (optional: the mode's
         counter otherwise), "task_id": int (optional, same suite)}. `worker` limits
-        the call to the env whose `worker_index` matches (for batched envs).
+        the call to the env whose `worker_index` matches (for batched envs). With
+        raise_errors=False a bad context returns the error message instead (an
+        exception would kill a ParallelEnv worker): `ript.envs.push_contexts` uses it.
         """
         if worker is not None and int(worker) != self.worker_index:
             return len(self._contexts)
+        try:
+            return self._push(contexts)
+        except (ValueError, TypeError) as err:
+            if raise_errors:
+                raise
+            return str(err)
+
+    def _push(self, contexts: Iterable[Mapping[str, int]]) -> int:
         parsed = []
         for ctx in contexts:
             extra = set(ctx) - {keys.INIT_STATE_ID, keys.GROUP_ID, keys.TASK_ID}
