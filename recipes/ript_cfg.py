@@ -248,7 +248,14 @@ def train(cfg: RIPTConfig) -> dict[str, Any]:
     except CheckpointError as e:
         raise ConfigError(str(e)) from e
     with distributed_session(cfg.train.device, None if cfg.distributed.backend == "auto" else cfg.distributed.backend, cfg.distributed.timeout_s) as dist:
-        return _train(cfg, out_dir, dist)
+        try:
+            return _train(cfg, out_dir, dist)
+        except Exception as err:
+            if dist.enabled:  # one line per rank saying who failed, then the traceback; the group is destroyed on the way out
+                first = str(err).splitlines()[0] if str(err) else ""
+                print(f"rank {dist.rank}/{dist.world_size} failed: {type(err).__name__}: {first} (if another rank failed first, "
+                      f"its log has the cause; collectives give up after distributed.timeout_s={cfg.distributed.timeout_s})", file=sys.stderr, flush=True)
+            raise
 
 
 def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
