@@ -197,14 +197,16 @@ def update_policy(
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
     sample_mask_key: str = "sample_mask",
+    step_callback: Callable[[bool], None] | None = None,
 ) -> dict[str, float]:
     """Epochs x shuffled minibatches of the buffer: loss -> backward -> (accumulate) -> clip -> step.
 
     Each optimiser step averages `grad_accum_steps` minibatches. A minibatch
     whose loss is non-finite is not back-propagated, and a step whose gradient
     norm is non-finite is skipped (gradients zeroed); both are counted in
-    `skipped_nonfinite`. `amp_dtype` runs the loss under torch.autocast; pass a
-    GradScaler for float16. Returns the means of the loss outputs plus
+    `skipped_nonfinite`; `step_callback(finite)` hears of every optimizer step (True)
+    and every skip (False), e.g. to stop after N skips in a row. `amp_dtype` runs
+    the loss under torch.autocast; pass a GradScaler for float16. Returns the means of the loss outputs plus
     optimizer_steps, skipped_nonfinite, grad_norm and lr.
 
     DDP (`loss_module` wrapped in DistributedDataParallel, its loss built with
@@ -246,6 +248,8 @@ def update_policy(
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.update()
+            if step_callback is not None:
+                step_callback(False)
         else:
             if scaler is not None:
                 scaler.step(optimizer)
@@ -257,6 +261,8 @@ def update_policy(
             steps += 1
             grad_norms.append(float(norm))
             optimizer.zero_grad(set_to_none=True)
+            if step_callback is not None:
+                step_callback(True)
         pending = 0
 
     def _minibatches() -> Iterator[TensorDictBase]:
@@ -290,6 +296,8 @@ def update_policy(
                 finite = bool(_all_reduce(torch.tensor([0.0 if finite else 1.0], dtype=torch.float64))[0] == 0)
             if not finite:
                 skipped += 1
+                if step_callback is not None:
+                    step_callback(False)
                 continue
             scaled = loss / grad_accum_steps
             (scaler.scale(scaled) if scaler is not None else scaled).backward()

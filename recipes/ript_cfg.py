@@ -62,6 +62,7 @@ from ript.recipes.common.distributed import (
     shard,
 )
 from ript.recipes.common.evaluation import evaluate
+from ript.recipes.common.faults import EnvFault, EnvSupervisor, NonFiniteGuard, RunAborted, check_finite_parameters
 from ript.recipes.common.factories import (
     make_collector,
     make_env,
@@ -77,6 +78,7 @@ from ript.recipes.common.logging import MetricLogger, PhaseTimer, memory_stats
 from ript.recipes.common.optim import EarlyStopping, amp_dtype
 from ript.recipes.common.plotting import plot_training_curves
 from ript.recipes.common.preemption import PreemptionHandler
+from ript.recipes.common.preflight import PreflightError, run_preflight
 from ript.recipes.common.video import tile_episodes, write_mp4
 
 GROUP_BASE = 10**12  # our group ids never meet the envs' default ids (worker * 1e6 + counter)
@@ -111,6 +113,7 @@ def csv_columns(cfg: RIPTConfig) -> list[str]:
         "optim/grad_norm", "optim/lr", "optim/steps", "optim/skipped_nonfinite",
         "time/collect_s", "time/buffer_s", "time/update_s", "time/eval_s", "time/iteration_s",
         "perf/env_steps_per_s", "mem/rss_gib", "mem/gpu_peak_gib", "mem/gpu_reserved_gib",
+        "faults/env_faults", "faults/env_restarts", "faults/groups_discarded", "optim/nonfinite_streak", "sampling/mastered_contexts",
     ]  # fmt: skip
 
 
@@ -128,6 +131,7 @@ class Collected:
     data: TensorDictBase | None
     metrics: dict[str, float]
     outcomes: dict[int, list[bool]] = field(default_factory=dict)  # task_id -> successes
+    preempted: bool = False  # a signal arrived: collection stopped early, the iteration must be discarded
 
 
 # --------------------------------------------------------------------------- collection
@@ -148,61 +152,80 @@ def collect(
     cfg: RIPTConfig,
     it: int,
     dist: DistInfo,
-    env: Any,
-    collector: Any,
-    batches: Any,
+    envs: EnvSupervisor,
     advantage: GroupLOOAdvantage,
     sampler: ContextSampler,
     logger: MetricLogger,
+    preemption: PreemptionHandler | None = None,
 ) -> Collected:
-    """Dynamic sampling: rounds of contexts x K episodes until enough informative groups are kept."""
+    """Dynamic sampling: rounds of contexts x K episodes until enough informative groups are kept.
+
+    A worker that dies or hangs mid-round (`EnvFault`) discards the round's incomplete
+    groups (never recorded, never trained on), the env is rebuilt and drawing goes on.
+    A SIGTERM/SIGINT stops collection between rounds (`preempted`).
+    """
     a = cfg.algo
-    n_workers = env.batch_size.numel()
+    n_workers = envs.env.batch_size.numel()
     advantage.reset_stats()
     kept: list[TensorDictBase] = []
     per_task: dict[int, list[bool]] = defaultdict(list)
-    draws = frames = 0
+    draws = frames = discarded = 0
     bar = logger.progress(total=a.max_context_draws * a.group_size, desc=f"iter {it} rollouts")
     while True:
         # global counts: every rank takes the same decision, so all run the same rounds
         kept_all, draws_all = (int(v) for v in all_reduce_sum(dist, [advantage.kept_groups, draws]))
         if kept_all >= a.target_groups or draws_all >= a.max_context_draws:
             break
+        if preemption is not None and any_rank(dist, preemption.requested):
+            bar.close()
+            return Collected(None, {}, preempted=True)
         round_total = min(a.contexts_per_iteration * dist.world_size, a.max_context_draws - draws_all)
         contexts = sampler.sample(len(range(dist.rank, round_total, dist.world_size)))
         if not contexts:  # the global cap left this rank no context this round
             continue
         groups = {GROUP_BASE + dist.rank * 10**9 + it * 10_000 + draws + j: ctx for j, ctx in enumerate(contexts)}
         episodes = [{"task_id": t, "init_state_id": s, "group_id": g} for g, (t, s) in groups.items() for _ in range(a.group_size)]
-        per_worker = push_episodes(env, episodes, n_workers)
         advantage.clear()
-        collector.reset()  # every worker starts its first queued episode now
         results: dict[int, list[bool]] = defaultdict(list)
-        cap = max(len(q) for q in per_worker) + 2  # batches of about one episode per worker
-        for _ in range(cap):
-            batch = next(batches)
-            frames += batch.numel()
-            for gid, ok, _ in episode_outcomes(batch):
-                if gid in groups and len(results[gid]) < a.group_size:
-                    results[gid].append(bool(ok))
-                    bar.update(1)
-            out = advantage(batch)
-            if out is not None:
-                kept.append(out)
-            if all(len(results[g]) >= a.group_size for g in groups):
-                break
+        try:
+            with envs.guard(f"iteration {it + 1} rollouts"):
+                per_worker = push_episodes(envs.env, episodes, n_workers)
+                envs.collector.reset()  # every worker starts its first queued episode now
+                cap = max(len(q) for q in per_worker) + 2  # batches of about one episode per worker
+                for _ in range(cap):
+                    batch = next(envs.batches)
+                    frames += batch.numel()
+                    for gid, ok, _ in episode_outcomes(batch):
+                        if gid in groups and len(results[gid]) < a.group_size:
+                            results[gid].append(bool(ok))
+                            bar.update(1)
+                    out = advantage(batch)
+                    if out is not None:
+                        kept.append(out)  # only complete groups come out: they stay valid after a fault
+                    if all(len(results[g]) >= a.group_size for g in groups):
+                        break
+        except EnvFault as fault:
+            lost = [g for g in groups if len(results[g]) < a.group_size]
+            discarded += len(lost)
+            for g in lost:
+                results.pop(g, None)
+            advantage.clear()
+            logger.info(f"[iter {it + 1}] {fault}; {len(lost)} group(s) discarded, rebuilding the env (restart {envs.restarts + 1}/{envs.max_restarts})")
+            envs.restart()  # RunAborted once env.max_restarts is used up
         for gid, (task, init) in groups.items():
-            sampler.record((task, init), results[gid])
-            per_task[task] += results[gid]
+            if gid in results:
+                sampler.record((task, init), results[gid])
+                per_task[task] += results[gid]
         draws += len(contexts)
     bar.close()
     stats = advantage.stats()
     # summed over ranks (a no-op alone): what the run did, not what rank 0 did
     tasks = list(cfg.env.tasks)
-    local = [stats["kept_groups"], stats["dropped_groups"], draws, stats["kept_steps"], frames]
+    local = [stats["kept_groups"], stats["dropped_groups"], draws, stats["kept_steps"], frames, discarded]
     local += [x for t in tasks for x in (sum(per_task.get(t, [])), len(per_task.get(t, [])))]
     total = [int(v) for v in all_reduce_sum(dist, local)]
-    kept_g, dropped_g, draws_g, steps_g, frames_g = total[:5]
+    kept_g, dropped_g, draws_g, steps_g, frames_g, discarded_g = total[:6]
+    total = total[:5] + total[6:]  # per-task pairs start at 5 again
     wins, trials = sum(total[5::2]), sum(total[6::2])
     metrics = {
         "train/success_rate": wins / trials if trials else float("nan"),
@@ -212,6 +235,7 @@ def collect(
         "groups/contexts_drawn": draws_g,
         "data/decision_steps": steps_g,
         "data/env_frames": frames_g,
+        "faults/groups_discarded": discarded_g,
     }
     for i, task in enumerate(tasks):
         if total[6 + 2 * i]:
@@ -247,6 +271,10 @@ def train(cfg: RIPTConfig) -> dict[str, Any]:
         resolve_resume(cfg.checkpoint.resume, out_dir)
     except CheckpointError as e:
         raise ConfigError(str(e)) from e
+    try:  # seconds of checks before minutes of work: disk, checkpoint + norm stats, rendering
+        run_preflight(cfg, out_dir)
+    except PreflightError as e:
+        raise ConfigError(str(e)) from e
     with distributed_session(cfg.train.device, None if cfg.distributed.backend == "auto" else cfg.distributed.backend, cfg.distributed.timeout_s) as dist:
         try:
             return _train(cfg, out_dir, dist)
@@ -280,13 +308,39 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
     seed_iteration(seed, -1)
 
     policy = make_policy(cfg, device)
-    env = make_env(cfg, policy, seed=seed)
+
+    def build_env(attempt: int) -> tuple[Any, Any]:  # attempt k > 0: a rebuild after a worker fault, seeds offset
+        env = make_env(cfg, policy, seed=seed + 7_919 * attempt)
+        return env, make_collector(env, policy, cfg)
+
+    envs = EnvSupervisor(build_env, policy=policy, step_timeout_s=cfg.env.step_timeout_s, max_restarts=cfg.env.max_restarts, log=logger.info)
+    nonfinite = NonFiniteGuard(cfg.optim.max_consecutive_nonfinite)
+    try:
+        return _run(cfg, out_dir, dist, device, seed, resume_from, logger, checkpointer, policy, envs, nonfinite)
+    except BaseException:
+        logger.close()  # flush what was logged before the failure
+        raise
+    finally:
+        envs.close()
+
+
+def _run(
+    cfg: RIPTConfig,
+    out_dir: Path,
+    dist: DistInfo,
+    device: torch.device,
+    seed: int,
+    resume_from: Path | None,
+    logger: MetricLogger,
+    checkpointer: Checkpointer,
+    policy: Any,
+    envs: EnvSupervisor,
+    nonfinite: NonFiniteGuard,
+) -> dict[str, Any]:
     loss_module = make_loss(cfg, policy, sync_across_ranks=dist.enabled)
     if dist.enabled:  # DDP broadcasts rank 0's initial weights to every rank here
         loss_module = wrap_ddp(loss_module, device)
     opt = make_optimization(cfg, policy, device)
-    collector = make_collector(env, policy, cfg)
-    batches = iter(collector)
     advantage = GroupLOOAdvantage(cfg.algo.group_size)
     capacity = cfg.algo.max_context_draws * cfg.algo.group_size * (max_decision_steps(cfg) + 1)
     buffer = make_replay_buffer(capacity)
@@ -300,15 +354,23 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
 
     start_it = 0
     if resume_from is not None:
-        state = Checkpointer.load(resume_from, policy=policy, optimizer=opt.optimizer, scheduler=opt.scheduler, scaler=opt.scaler)
+        try:
+            state = Checkpointer.load(resume_from, policy=policy, optimizer=opt.optimizer, scheduler=opt.scheduler, scaler=opt.scaler)
+        except CheckpointError:
+            raise
+        except Exception as err:  # truncated/corrupt files, a checkpoint of another policy size
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ConfigError(f"cannot resume from {resume_from} ({type(err).__name__}: {first}): resume from another checkpoints/iter_* dir or start a new run") from err
         per_rank = state["extra"].get("sampler_ranks")
         sampler.load_state_dict(per_rank[dist.rank] if per_rank and len(per_rank) == dist.world_size else state["extra"]["sampler"])
         early.load_state_dict(state["extra"]["early_stopping"])
         start_it = state["iteration"]
         logger.info(f"resumed from {resume_from} at iteration {start_it}")
 
-    def save(it: int, metrics: dict[str, Any], is_best: bool = False) -> None:
-        sampler_ranks = all_gather_object(dist, sampler.state_dict())  # every rank's contexts and outcomes
+    def save(it: int, metrics: dict[str, Any], is_best: bool = False, sampler_state: dict[str, Any] | None = None) -> None:
+        check_finite_parameters(policy, it)  # never replace the last good checkpoint by a diverged model
+        sampler_state = sampler_state if sampler_state is not None else sampler.state_dict()
+        sampler_ranks = all_gather_object(dist, sampler_state)  # every rank's contexts and outcomes
         checkpointer.save(
             it,
             policy=policy,
@@ -317,7 +379,7 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
             scaler=opt.scaler,
             config_yaml=to_yaml(cfg),
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-            extra={"sampler": sampler.state_dict(), "sampler_ranks": sampler_ranks, "early_stopping": early.state_dict()},
+            extra={"sampler": sampler_state, "sampler_ranks": sampler_ranks, "early_stopping": early.state_dict()},
             is_best=is_best,
         )
         barrier(dist, f"checkpoint of iteration {it}")  # the others wait (timed) while rank 0 writes
@@ -334,8 +396,15 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
         while it < cfg.train.iterations:
             gen = seed_iteration(seed, it)
             timer.reset()
+            sampler_at_start = sampler.state_dict()  # a preempted iteration is discarded: resume redoes it exactly
             with timer("collect"):
-                collected = collect(cfg, it, dist, env, collector, batches, advantage, sampler, logger)
+                collected = collect(cfg, it, dist, envs, advantage, sampler, logger, preemption)
+            if collected.preempted:  # the policy has not changed yet this iteration: checkpoint the previous one
+                latest = checkpointer.latest()
+                if latest is None or latest.name != f"iter_{it:06d}":
+                    save(it, metrics, sampler_state=sampler_at_start)
+                stopped = f"preempted by {getattr(preemption.received, 'name', 'a signal on another rank')} during iteration {it + 1}: checkpoint of iteration {it} kept, continue with checkpoint.resume=auto"
+                break
             with timer("buffer"):
                 data = collected.data.select(*stored_keys(policy, collected.data)) if collected.data is not None else None
                 n_steps = refill_replay_buffer(buffer, data)
@@ -356,6 +425,7 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
                         scheduler=opt.scheduler,
                         device=device,
                         generator=gen,
+                        step_callback=nonfinite,  # RunAborted after optim.max_consecutive_nonfinite skips in a row
                     )
                     metrics.update({
                         "loss/total": upd.get("loss_ript_cfg", float("nan")),
@@ -371,14 +441,23 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
                     logger.info(f"[iter {it + 1}] no informative group (all rollouts of each context agreed): update skipped")
                     metrics.update({"loss/total": float("nan"), "optim/steps": 0, "optim/skipped_nonfinite": 0})
             metrics["optim/lr"] = opt.optimizer.param_groups[0]["lr"]
+            metrics["optim/nonfinite_streak"] = nonfinite.streak
             it += 1
             is_best = False
-            if it % cfg.eval.every == 0 or it == cfg.train.iterations:
+            preempted = any_rank(dist, preemption.requested)  # skip evaluation: the grace period is short
+            if (it % cfg.eval.every == 0 or it == cfg.train.iterations) and not preempted:
                 record = cfg.logging.video_every > 0 and it % cfg.logging.video_every == 0 and dist.is_main
+                videos = []
                 with timer("eval"):
-                    eval_metrics, videos = evaluate_all_ranks(cfg, dist, env, policy, record_video=record)
+                    try:
+                        with envs.guard(f"evaluation after iteration {it}"):
+                            eval_metrics, videos = evaluate_all_ranks(cfg, dist, envs.env, policy, record_video=record)
+                        is_best = early.update(eval_metrics["eval/success_rate"])
+                    except EnvFault as fault:
+                        logger.info(f"[iter {it}] {fault}; evaluation skipped, rebuilding the env")
+                        envs.restart()
+                        eval_metrics = {"eval/success_rate": float("nan")}
                 metrics.update(eval_metrics)
-                is_best = early.update(eval_metrics["eval/success_rate"])
                 if videos and dist.is_main:
                     path = write_mp4(tile_episodes(videos), out_dir / "videos" / f"eval_iter_{it:06d}.mp4", fps=5)
                     videos_written.append(path)
@@ -386,6 +465,8 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
             metrics.update(timer.metrics())
             metrics["perf/env_steps_per_s"] = metrics["data/env_frames"] / max(timer.times.get("collect", 0.0), 1e-9)
             metrics.update(memory_stats(device))
+            metrics.update(envs.metrics())
+            metrics["sampling/mastered_contexts"] = sum(sampler.is_mastered(c) for c in sampler.contexts)
             logger.log(it, metrics)
             if it % cfg.checkpoint.every == 0 or it == cfg.train.iterations or is_best:
                 save(it, metrics, is_best)
@@ -394,9 +475,10 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
                 if it % cfg.checkpoint.every != 0:
                     save(it, metrics)
                 break
-            if any_rank(dist, preemption.requested):  # one rank's SIGTERM stops all at the same iteration
-                save(it, metrics)
-                stopped = f"preempted by {preemption.received.name}: checkpoint saved, continue with checkpoint.resume=auto"
+            if preempted or any_rank(dist, preemption.requested):  # one rank's SIGTERM stops all at the same iteration
+                if not (it % cfg.checkpoint.every == 0 or it == cfg.train.iterations or is_best):
+                    save(it, metrics)
+                stopped = f"preempted by {getattr(preemption.received, 'name', 'a signal on another rank')}: checkpoint saved, continue with checkpoint.resume=auto"
                 break
     replica_hash = check_replicas(dist, policy)
     if dist.enabled:
@@ -406,8 +488,6 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
         plot = plot_training_curves(logger.csv_path, out_dir / "training_curves.png")
         logger.log_image(plot, "plots/training_curves")
     logger.close()
-    if not env.is_closed:
-        env.close()
     summary = {
         "output_dir": out_dir,
         "iterations": it,
@@ -429,7 +509,11 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run_main(train, argv)
+    try:
+        return run_main(train, argv)
+    except RunAborted as err:  # repeated env faults or divergence: one line, the last good checkpoint stays
+        print(f"run stopped: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

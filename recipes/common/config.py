@@ -43,12 +43,15 @@ class EnvConfig:
     num_envs: int = 2  # parallel env workers
     max_steps: Optional[int] = None  # simulator steps per episode; None = openpi's per-suite value
     hard_reset_every: int = 0  # rebuild the simulator every N resets (0 = never)
+    step_timeout_s: float = 300.0  # a worker with no env progress for this long is declared hung, killed and the env rebuilt
+    max_restarts: int = 5  # env rebuilds after worker deaths/hangs allowed per run before it stops
     train_init_states: list[int] = field(default_factory=lambda: list(range(0, 40)))  # contexts are drawn from these
     # toy env only (tracking mode of torchrl's ToyVLAEnv)
     toy_action_dim: int = 2
     toy_success_steps: int = 2
     toy_success_tol: float = 0.3
     toy_max_steps: int = 8
+    toy_parallel: bool = False  # toy workers in processes (ParallelEnv) instead of in-process (SerialEnv)
 
 
 @dataclass
@@ -99,6 +102,7 @@ class OptimConfig:
     schedule: str = "constant"  # constant | cosine
     warmup_steps: int = 0  # optimizer steps of linear warm-up
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    max_consecutive_nonfinite: int = 10  # skipped (NaN/inf) update steps in a row before the run stops
 
 
 @dataclass
@@ -143,7 +147,12 @@ class EarlyStoppingConfig:
 @dataclass
 class SamplingConfig:
     strategy: str = "uniform"  # uniform | curriculum
-    success_rate_target: float = 0.5  # curriculum: favour contexts whose success rate is near this
+    success_rate_target: float = 0.7  # curriculum: favour contexts whose success rate is near this
+
+
+@dataclass
+class PreflightConfig:
+    min_free_gb: float = 1.0  # free disk space the output directory needs before the run starts
 
 
 @dataclass
@@ -165,6 +174,7 @@ class RIPTConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     config_name: str = DEFAULT_CONFIG_NAME  # set by the loader
     debug: bool = False  # full tracebacks on config errors
@@ -284,6 +294,8 @@ def validate(cfg: RIPTConfig) -> None:
     need(e.camera_size >= 16, f"env.camera_size={e.camera_size} is too small: use 16 or more (128 or 256 typical)")
     need(e.max_steps is None or e.max_steps >= 1, "env.max_steps must be >= 1 or null (openpi's per-suite value)")
     need(e.hard_reset_every >= 0, "env.hard_reset_every must be >= 0 (0 = never)")
+    need(e.step_timeout_s > 0, f"env.step_timeout_s={e.step_timeout_s} must be > 0: seconds without env progress before a worker counts as hung")
+    need(e.max_restarts >= 0, f"env.max_restarts={e.max_restarts} must be >= 0")
     need(len(e.train_init_states) > 0, "env.train_init_states is empty: list the init-state ids to train on")
     held = set(cfg.eval.init_states) & set(e.train_init_states)
     need(not held, f"eval.init_states {sorted(held)} are also in env.train_init_states: evaluate on held-out init states only")
@@ -314,6 +326,7 @@ def validate(cfg: RIPTConfig) -> None:
     need(o.max_grad_norm > 0, "optim.max_grad_norm must be > 0")
     need(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
     need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]")
+    need(o.max_consecutive_nonfinite >= 1, f"optim.max_consecutive_nonfinite={o.max_consecutive_nonfinite} must be >= 1")
     # The smallest batch an iteration can yield is target_groups full groups of decision steps (>= 1 step each).
     min_batch = a.target_groups * a.group_size
     need(
@@ -331,6 +344,7 @@ def validate(cfg: RIPTConfig) -> None:
     need(cfg.early_stopping.patience >= 0, "early_stopping.patience must be >= 0 (0 = off)")
     need(cfg.early_stopping.min_delta >= 0, "early_stopping.min_delta must be >= 0")
     need(0 < cfg.sampling.success_rate_target < 1, "sampling.success_rate_target must be in (0, 1)")
+    need(cfg.preflight.min_free_gb >= 0, f"preflight.min_free_gb={cfg.preflight.min_free_gb} must be >= 0")
     need(cfg.distributed.timeout_s > 0, "distributed.timeout_s must be > 0")
     need(not (cfg.amp == "fp16" and t.device == "cpu"), "amp=fp16 needs CUDA: set amp=off on CPU (or bf16 on a GPU)")
 

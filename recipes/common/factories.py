@@ -131,6 +131,7 @@ def make_env(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, num_envs: int | Non
             action_dim=cfg.env.toy_action_dim,
             success_steps=cfg.env.toy_success_steps,
             success_tol=cfg.env.toy_success_tol,
+            parallel=cfg.env.toy_parallel,
         )
         env.start()
         return env

@@ -2,6 +2,10 @@
 
 A run that dies an hour in because the disk is full, the checkpoint path has a
 typo or EGL is missing wastes the hour; these checks take about a second.
+`run_preflight(cfg, out_dir)` runs the ones a config needs, in order: output
+directory, policy checkpoint (+ tokenizer), normalisation statistics against the
+LIBERO state/action sizes, rendering backend (LIBERO only). Nothing is created or
+written by a failing check.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
+
+# LIBERO's raw sizes (eef pos 3 + axis-angle 3 + gripper 2; 7-dof delta actions), what the stats must describe
+LIBERO_STATE_DIM, LIBERO_ACTION_DIM = 8, 7
 
 
 class PreflightError(RuntimeError):
@@ -20,18 +28,25 @@ class PreflightError(RuntimeError):
 
 
 def check_output_dir(path: str | os.PathLike, min_free_gb: float = 1.0) -> Path:
-    """The output directory exists (or can be made), is writable and has `min_free_gb` free."""
+    """The output directory (or, if it does not exist yet, its nearest existing parent) is writable and has `min_free_gb` free.
+
+    Nothing is left behind: the probe file is removed and no directory is created.
+    """
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
         raise PreflightError(f"logging.output_dir={out} is a file, not a directory: choose another path")
+    base = out.absolute()
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise PreflightError(f"logging.output_dir={out} lies under the file {base}: choose another path")
+    probe = base / f".write-probe-{uuid.uuid4().hex}"
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe-{uuid.uuid4().hex}"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
         raise PreflightError(f"logging.output_dir={out} is not writable ({err.strerror}): fix its permissions or choose another path") from err
-    free_gb = shutil.disk_usage(out).free / 1e9
+    free_gb = shutil.disk_usage(base).free / 1e9
     if free_gb < min_free_gb:
         raise PreflightError(
             f"only {free_gb:.2f} GB free under {out}, the run needs {min_free_gb:g} GB: free space or set preflight.min_free_gb"
@@ -57,6 +72,51 @@ def check_policy_checkpoint(path: str | os.PathLike) -> Path:
     if not weights.is_file() or weights.stat().st_size == 0:
         raise PreflightError(f"policy.path={ckpt} has no (or an empty) model.safetensors: the checkpoint is incomplete, re-save it")
     return ckpt
+
+
+def check_checkpoint_matches_libero(path: str | os.PathLike) -> None:
+    """The checkpoint's declared state/action features fit LIBERO (8-dim state, 7-dim actions) and its padding."""
+    ckpt = Path(path).expanduser()
+    cfg = json.loads((ckpt / "config.json").read_text())
+    feats = {**(cfg.get("input_features") or {}), **(cfg.get("output_features") or {})}
+    for key, want, cap in (("observation.state", LIBERO_STATE_DIM, "max_state_dim"), ("action", LIBERO_ACTION_DIM, "max_action_dim")):
+        shape = (feats.get(key) or {}).get("shape")
+        if shape and int(shape[-1]) != want:
+            raise PreflightError(f"policy.path={ckpt} expects a {shape[-1]}-dim '{key}', LIBERO gives {want}: use a PI0 checkpoint trained on LIBERO")
+        limit = cfg.get(cap)
+        if limit is not None and int(limit) < want:
+            raise PreflightError(f"policy.path={ckpt} has {cap}={limit} < {want} (LIBERO's '{key}'): use a PI0 checkpoint trained on LIBERO")
+
+
+def check_norm_stats(path: str | os.PathLike) -> None:
+    """The checkpoint's normalisation statistics load and describe LIBERO's 8-dim state and 7-dim actions."""
+    from ript.envs.normalization import NormStats  # LIBERO side: only imported for env.kind=libero
+
+    ckpt = Path(path).expanduser()
+    try:
+        stats = NormStats.from_lerobot_checkpoint(ckpt)
+    except ValueError as err:
+        raise PreflightError(f"normalisation statistics of policy.path={ckpt}: {str(err).splitlines()[0]}") from err
+    for part, tensor, want in (("state", stats.state_mean, LIBERO_STATE_DIM), ("action", stats.action_mean, LIBERO_ACTION_DIM)):
+        if tensor.numel() != want:
+            raise PreflightError(
+                f"policy.path={ckpt} has {tensor.numel()}-dim {part} statistics, LIBERO needs {want}: use the statistics saved with a LIBERO PI0 checkpoint"
+            )
+
+
+def run_preflight(cfg: Any, out_dir: str | os.PathLike, *, rendering: bool | None = None) -> None:
+    """All checks a run of `cfg` (a RIPTConfig) needs, cheapest first; raises PreflightError (one line)."""
+    check_output_dir(out_dir, cfg.preflight.min_free_gb)
+    p = cfg.policy
+    if p.kind == "pi0" and p.path is not None:
+        check_policy_checkpoint(p.path)
+        if cfg.env.kind == "libero":
+            check_checkpoint_matches_libero(p.path)
+            check_norm_stats(p.path)
+    if p.kind == "pi0" and p.tokenizer_path is not None and not Path(p.tokenizer_path).expanduser().exists():
+        raise PreflightError(f"policy.tokenizer_path={p.tokenizer_path} does not exist: point it at a local tokenizer directory or set it to null")
+    if cfg.env.kind == "libero" and (rendering if rendering is not None else True):
+        check_rendering_backend()
 
 
 def check_rendering_backend(timeout_s: float = 60.0) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from tensordict import TensorDictBase
 from torchrl.data import Unbounded
-from torchrl.envs import Compose, EnvBase, SerialEnv, StepCounter, TransformedEnv
+from torchrl.envs import Compose, EnvBase, ParallelEnv, SerialEnv, StepCounter, TransformedEnv
 from torchrl.envs.custom import ToyVLAEnv
 from torchrl.envs.transforms import MultiAction
 
@@ -88,10 +88,22 @@ def _make_one(index: int, *, n_action_steps: int, max_steps: int, action_dim: in
 
 
 def make_context_toy_env(
-    num_envs: int, *, n_action_steps: int, max_steps: int, action_dim: int = 2, success_steps: int = 2, success_tol: float = 0.3
+    num_envs: int,
+    *,
+    n_action_steps: int,
+    max_steps: int,
+    action_dim: int = 2,
+    success_steps: int = 2,
+    success_tol: float = 0.3,
+    parallel: bool = False,
 ) -> EnvBase:
-    """SerialEnv of `num_envs` ContextToyVLAEnv; `max_steps` counts decision steps (chunks)."""
+    """SerialEnv of `num_envs` ContextToyVLAEnv; `max_steps` counts decision steps (chunks).
+
+    parallel=True runs each in its own process (ParallelEnv), like LIBERO's workers:
+    what the worker-fault tests kill.
+    """
     make = functools.partial(
         _make_one, n_action_steps=n_action_steps, max_steps=max_steps, action_dim=action_dim, success_steps=success_steps, success_tol=success_tol
     )
-    return SerialEnv(num_envs, [functools.partial(make, i) for i in range(num_envs)])
+    fns = [functools.partial(make, i) for i in range(num_envs)]
+    return ParallelEnv(num_envs, fns) if parallel else SerialEnv(num_envs, fns)

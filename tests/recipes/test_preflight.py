@@ -12,9 +12,11 @@ from ript.recipes.common.preflight import (
 )
 
 
-def test_output_dir_ok_and_created(tmp_path):
-    out = check_output_dir(tmp_path / "a" / "b")
-    assert out.is_dir() and not any(out.iterdir())
+def test_output_dir_ok_and_nothing_left_behind(tmp_path):
+    out = check_output_dir(tmp_path / "a" / "b")  # checked through its nearest existing parent
+    assert out == tmp_path / "a" / "b" and not out.exists() and not any(tmp_path.iterdir())
+    (tmp_path / "c").mkdir()
+    assert check_output_dir(tmp_path / "c") == tmp_path / "c" and not any((tmp_path / "c").iterdir())
 
 
 def test_output_dir_is_a_file(tmp_path):
