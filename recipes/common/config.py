@@ -265,8 +265,20 @@ def load_config(
         cfg: RIPTConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(e)) from e
+    cfg.policy.path = resolve_repo_path(cfg.policy.path)
     validate(cfg)
     return cfg
+
+
+def resolve_repo_path(path: Optional[str]) -> Optional[str]:
+    """A relative path that does not exist from the cwd but does from the repo root, made absolute.
+
+    So committed assets (configs/pretrained/...) named relatively in a YAML work from any cwd.
+    """
+    if path is None or Path(path).expanduser().is_absolute() or Path(path).exists():
+        return path
+    candidate = CONFIG_DIR.parent / path
+    return str(candidate) if candidate.exists() else path
 
 
 def _get(cfg: RIPTConfig, dotted: str) -> Any:
@@ -294,6 +306,8 @@ def validate(cfg: RIPTConfig) -> None:
     need(e.camera_size >= 16, f"env.camera_size={e.camera_size} is too small: use 16 or more (128 or 256 typical)")
     need(e.max_steps is None or e.max_steps >= 1, "env.max_steps must be >= 1 or null (openpi's per-suite value)")
     need(e.hard_reset_every >= 0, "env.hard_reset_every must be >= 0 (0 = never)")
+    need(0 < e.toy_success_tol <= 0.5, f"env.toy_success_tol={e.toy_success_tol} must be in (0, 0.5] (targets lie in [-0.5, 0.5])")
+    need(e.toy_success_steps >= 1 and e.toy_max_steps >= 1 and e.toy_action_dim >= 1, "env.toy_success_steps, env.toy_max_steps and env.toy_action_dim must be >= 1")
     need(e.step_timeout_s > 0, f"env.step_timeout_s={e.step_timeout_s} must be > 0: seconds without env progress before a worker counts as hung")
     need(e.max_restarts >= 0, f"env.max_restarts={e.max_restarts} must be >= 0")
     need(len(e.train_init_states) > 0, "env.train_init_states is empty: list the init-state ids to train on")

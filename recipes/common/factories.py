@@ -21,7 +21,7 @@ from torchrl.envs import EnvBase
 
 from ript.algos import FlowMatchingMLPPolicy, FlowMatchingPolicy, RIPTCFGLoss
 
-from .config import ConfigError, RIPTConfig
+from .config import ConfigError, RIPTConfig, resolve_repo_path
 from .optim import make_grad_scaler, make_optimizer, make_scheduler
 
 # LIBERO's episode length per suite (openpi's protocol), used when env.max_steps is null.
@@ -71,10 +71,11 @@ def make_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
     from ript.algos.tiny_pi0 import TinyPI0Spec
 
     if p.path is not None:
-        if not Path(p.path).is_dir():
+        path = resolve_repo_path(p.path)  # relative paths also resolve from the repo root
+        if not Path(path).is_dir():
             raise ConfigError(f"policy.path={p.path} is not a directory: point it at a local lerobot PI0 checkpoint")
         actor = PI0Actor.from_pretrained(
-            p.path,
+            path,
             tokenizer_path=p.tokenizer_path,
             device=device,
             supports_cfg=cfg_head,
@@ -138,7 +139,7 @@ def make_env(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, num_envs: int | Non
     from ript.envs import NormStats, make_libero_env, make_pi0_transforms
 
     if cfg.policy.kind == "pi0" and getattr(policy, "dataset_stats", None) and cfg.policy.path:
-        norm = NormStats.from_lerobot_checkpoint(cfg.policy.path)
+        norm = NormStats.from_lerobot_checkpoint(resolve_repo_path(cfg.policy.path))
     else:  # a tiny or MLP policy trained from scratch: identity statistics
         norm = NormStats(
             state_mean=torch.zeros(LIBERO_STATE_DIM),
