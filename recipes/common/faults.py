@@ -173,6 +173,7 @@ class EnvSupervisor:
         self.log = log
         self.restarts = 0
         self.faults = 0
+        self._reported = 0
         self.env, self.collector = build(0)
         self.batches = iter(self.collector)
         self.watchdog = Watchdog(self.step_timeout_s, self._on_hang)
@@ -225,7 +226,9 @@ class EnvSupervisor:
         self.batches = iter(self.collector)
 
     def metrics(self) -> dict[str, float]:
-        return {"faults/env_faults": self.faults, "faults/env_restarts": self.restarts}
+        """Faults since the last call (one iteration's) and restarts so far in this process."""
+        new, self._reported = self.faults - self._reported, self.faults
+        return {"faults/env_faults": new, "faults/env_restarts": self.restarts}
 
     def close(self) -> None:
         for h in self._hooks:
