@@ -268,11 +268,11 @@ def train(cfg: RIPTConfig) -> dict[str, Any]:
     """Run RIPT-CFG as configured; returns the final metrics and where the outputs are."""
     out_dir = resolve_output_dir(cfg)  # before any work: never touch another run's outputs
     try:
-        resolve_resume(cfg.checkpoint.resume, out_dir)
+        resume_from = resolve_resume(cfg.checkpoint.resume, out_dir)
     except CheckpointError as e:
         raise ConfigError(str(e)) from e
-    try:  # seconds of checks before minutes of work: disk, checkpoint + norm stats, rendering
-        run_preflight(cfg, out_dir)
+    try:  # seconds of checks before minutes of work: disk, resume checkpoint, policy checkpoint + norm stats, rendering
+        run_preflight(cfg, out_dir, resume_from=resume_from)
     except PreflightError as e:
         raise ConfigError(str(e)) from e
     with distributed_session(cfg.train.device, None if cfg.distributed.backend == "auto" else cfg.distributed.backend, cfg.distributed.timeout_s) as dist:

@@ -104,9 +104,27 @@ def check_norm_stats(path: str | os.PathLike) -> None:
             )
 
 
-def run_preflight(cfg: Any, out_dir: str | os.PathLike, *, rendering: bool | None = None) -> None:
+def check_resume_checkpoint(path: str | os.PathLike) -> None:
+    """A checkpoint to resume from is complete and its trainer state unpickles (before the run touches its directory)."""
+    import torch
+
+    ckpt = Path(path)
+    try:
+        json.loads((ckpt / "meta.json").read_text())
+        torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated pickle/zip, bad JSON, missing file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise PreflightError(f"cannot resume from {ckpt} ({type(err).__name__}: {first}): resume from another checkpoints/iter_* dir or start a new run") from err
+    policy_dir = ckpt / "policy"
+    if not policy_dir.is_dir() or not any(f.stat().st_size > 0 for f in policy_dir.iterdir() if f.is_file()):
+        raise PreflightError(f"cannot resume from {ckpt}: its policy/ weights are missing or empty; resume from another checkpoints/iter_* dir")
+
+
+def run_preflight(cfg: Any, out_dir: str | os.PathLike, *, resume_from: str | os.PathLike | None = None, rendering: bool | None = None) -> None:
     """All checks a run of `cfg` (a RIPTConfig) needs, cheapest first; raises PreflightError (one line)."""
     check_output_dir(out_dir, cfg.preflight.min_free_gb)
+    if resume_from is not None:
+        check_resume_checkpoint(resume_from)
     p = cfg.policy
     if p.kind == "pi0" and p.path is not None:
         check_policy_checkpoint(p.path)
