@@ -28,6 +28,7 @@ from ript.recipes.common.config import ConfigError, RIPTConfig, main_config, to_
 from ript.recipes.common.eval_table import EpisodeResult, write_episodes_csv, write_tables
 from ript.recipes.common.evaluation import evaluate
 from ript.recipes.common.factories import make_env, make_policy
+from ript.recipes.common.preflight import PreflightError, run_preflight
 from ript.recipes.common.video import tile_episodes, write_mp4
 
 SUITE_TASKS = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
@@ -96,6 +97,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if (out_dir / "eval.csv").exists():
         print(f"config error: {out_dir} already holds an evaluation: choose another out=<dir>", file=sys.stderr)
         raise SystemExit(2)
+    try:
+        run_preflight(cfg, out_dir)  # disk, checkpoint + norm stats vs LIBERO, rendering: before loading anything
+    except PreflightError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(to_yaml(cfg))
