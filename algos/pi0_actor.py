@@ -83,6 +83,34 @@ def load_preprocessor_stats(directory: str | Path) -> dict[str, dict[str, torch.
     return stats
 
 
+def save_normalizer_processors(directory: str | Path, stats: dict[str, dict[str, torch.Tensor]], eps: float = 1e-8) -> None:
+    """Write mean-std statistics as lerobot's PI0 pre/post-processor files, so the checkpoint is self-contained.
+
+    `stats` maps "observation.state" and "action" to {"mean", "std"} (lerobot's
+    layout, as `load_preprocessor_stats` returns it). lerobot's own loaders and
+    `ript.envs.NormStats.from_lerobot_checkpoint` read the result back.
+    """
+    from lerobot.configs import FeatureType, NormalizationMode, PolicyFeature
+    from lerobot.processor import NormalizerProcessorStep, UnnormalizerProcessorStep, make_policy_processor_pipelines
+
+    stats = {name: {k: torch.as_tensor(stats[name][k], dtype=torch.float32) for k in ("mean", "std")} for name in ("observation.state", "action")}
+    features = {
+        "observation.state": PolicyFeature(type=FeatureType.STATE, shape=tuple(stats["observation.state"]["mean"].shape)),
+        "action": PolicyFeature(type=FeatureType.ACTION, shape=tuple(stats["action"]["mean"].shape)),
+    }
+    norm_map = {
+        FeatureType.VISUAL: NormalizationMode.IDENTITY,
+        FeatureType.STATE: NormalizationMode.MEAN_STD,
+        FeatureType.ACTION: NormalizationMode.MEAN_STD,
+    }
+    pre, post = make_policy_processor_pipelines(
+        input_steps=[NormalizerProcessorStep(features=features, norm_map=norm_map, stats=stats, eps=eps)],
+        output_steps=[UnnormalizerProcessorStep(features={"action": features["action"]}, norm_map=norm_map, stats=stats, eps=eps)],
+    )
+    pre.save_pretrained(str(directory))
+    post.save_pretrained(str(directory))
+
+
 def _check_checkpoint_keys(policy: PI0Policy, weights: Path) -> None:
     """Fail loudly where lerobot's loader only prints: missing or mis-shaped weights."""
     with safe_open(str(weights), framework="pt") as f:
@@ -304,9 +332,12 @@ class PI0Actor(FlowMatchingPolicy):
         if self.label_embed is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.label_embed.state_dict().items()}, str(directory / CFG_FILE))
         source = getattr(self, "_source_dir", None)
-        if source is not None and Path(source).resolve() != directory.resolve():
-            for file in Path(source).glob("policy_*processor*"):  # keep lerobot's processors (stats) with the weights
-                shutil.copy2(file, directory / file.name)
+        if source is not None and any(Path(source).glob("policy_*processor*")):
+            if Path(source).resolve() != directory.resolve():
+                for file in Path(source).glob("policy_*processor*"):  # keep lerobot's processors (stats, modes) as they were
+                    shutil.copy2(file, directory / file.name)
+        elif self.dataset_stats:  # stats given in memory (a policy trained here): write them as lerobot processors
+            save_normalizer_processors(directory, self.dataset_stats)
         settings = {
             "supports_cfg": self.supports_cfg,
             "default_guidance": self.default_guidance,

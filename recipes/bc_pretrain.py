@@ -213,24 +213,10 @@ def evaluate(actor: PI0Actor, norm: NormStats, cfg: BCConfig, init_states: list[
 
 
 def save_checkpoint(actor: PI0Actor, norm: NormStats, cfg: BCConfig, directory: Path, info: dict[str, Any]) -> Path:
-    """lerobot-format weights + config, tiny spec, tokenizer, and the norm stats as lerobot processors."""
-    from lerobot.configs import FeatureType, NormalizationMode, PolicyFeature
-    from lerobot.processor import NormalizerProcessorStep, UnnormalizerProcessorStep, make_policy_processor_pipelines
-
-    directory.mkdir(parents=True, exist_ok=True)
+    """lerobot-format weights + config, tiny spec, tokenizer, and the demo norm stats as lerobot processors."""
+    actor.dataset_stats = {"observation.state": {"mean": norm.state_mean, "std": norm.state_std},
+                           "action": {"mean": norm.action_mean, "std": norm.action_std}}
     actor.save_pretrained(directory)
-    features = {"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(STATE_DIM,)),
-                "action": PolicyFeature(type=FeatureType.ACTION, shape=(ACTION_DIM,))}
-    norm_map = {FeatureType.VISUAL: NormalizationMode.IDENTITY, FeatureType.STATE: NormalizationMode.MEAN_STD,
-                FeatureType.ACTION: NormalizationMode.MEAN_STD}
-    stats = {"observation.state": {"mean": norm.state_mean, "std": norm.state_std},
-             "action": {"mean": norm.action_mean, "std": norm.action_std}}
-    pre, post = make_policy_processor_pipelines(
-        input_steps=[NormalizerProcessorStep(features=features, norm_map=norm_map, stats=stats, eps=norm.eps)],
-        output_steps=[UnnormalizerProcessorStep(features={"action": features["action"]}, norm_map=norm_map, stats=stats, eps=norm.eps)],
-    )
-    pre.save_pretrained(directory)
-    post.save_pretrained(directory)
     (directory / "bc_config.json").write_text(json.dumps({"config": asdict(cfg), **info}, indent=2))
     return directory
 

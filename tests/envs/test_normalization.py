@@ -139,3 +139,16 @@ def test_bad_lerobot_checkpoints(tmp_path):
     (tmp_path / "policy_preprocessor.json").write_text("{")
     with pytest.raises(ValueError, match="cannot read"):
         NormStats.from_lerobot_checkpoint(tmp_path)
+
+
+def test_processors_written_by_the_actor_load_back(tmp_path):
+    """A checkpoint trained here carries its stats as lerobot processors that NormStats reads back."""
+    from ript.algos.pi0_actor import save_normalizer_processors
+
+    mean, std = torch.linspace(-1, 1, 8), torch.linspace(0.5, 2, 8)
+    amean, astd = torch.linspace(-0.2, 0.3, 7), torch.linspace(0.1, 0.9, 7)
+    save_normalizer_processors(tmp_path, {"observation.state": {"mean": mean, "std": std}, "action": {"mean": amean, "std": astd}})
+    norm = NormStats.from_lerobot_checkpoint(tmp_path)
+    assert torch.allclose(norm.state_mean, mean) and torch.allclose(norm.state_std, std)
+    assert torch.allclose(norm.action_mean, amean) and torch.allclose(norm.action_std, astd)
+    assert norm.state_mode == "mean_std" and norm.action_mode == "mean_std"
