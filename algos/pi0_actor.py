@@ -179,6 +179,7 @@ class PI0Actor(FlowMatchingPolicy):
         self.action_dim = int(config.max_action_dim)
         real_dim = int(config.output_features[ACTION].shape[0]) if ACTION in config.output_features else self.action_dim
         self.action_dim_loss = int(loss_action_dims) if loss_action_dims is not None else real_dim
+        self.padded_from = real_dim if real_dim < self.action_dim else None
         if not 1 <= self.action_dim_loss <= self.action_dim:
             raise ValueError(f"loss_action_dims must be in [1, {self.action_dim}], got {loss_action_dims}")
         if image_keys is None:

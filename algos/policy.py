@@ -89,10 +89,17 @@ class FlowMatchingPolicy(TensorDictModuleBase, abc.ABC):
         only accepted by policies with `supports_cfg`.
         """
 
+    #: index of the first padding dim of a sampled chunk (e.g. 7 for PI0's 32-wide LIBERO actions), or None.
+    #: Padding dims are zeroed before the chunk is stored, as lerobot pads dataset actions: left as sampled
+    #: noise they enter x_t in the loss and the policy drifts (measured on ToyVLAEnv: success 0.36 -> 0.01).
+    padded_from: int | None = None
+
     def forward(self, td: TensorDictBase) -> TensorDictBase:
         """Act: write the full chunk and the part to execute, under no_grad."""
         with torch.no_grad():
             chunk = self.sample_actions(td)
+            if self.padded_from is not None:
+                chunk[..., self.padded_from :] = 0
         td.set("action_chunk", chunk)
         td.set("action", chunk[..., : self.n_action_steps, :])
         return td

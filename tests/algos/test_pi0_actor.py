@@ -67,6 +67,9 @@ def test_tiny_actor_samples_reproducibly_with_fixed_noise(actor):
     out = actor(td.clone())
     assert out["action_chunk"].shape == (B, CHUNK, 32) and out["action"].shape == (B, STEPS, 32)
     assert torch.equal(out["action"], out["action_chunk"][:, :STEPS])
+    # stored chunks carry zeros past LIBERO's 7 real dims (lerobot pads dataset actions with zeros)
+    assert actor.padded_from == 7 and out["action_chunk"][..., 7:].abs().sum() == 0
+    assert out["action_chunk"][..., :7].abs().sum() > 0
     # unbatched and 2-d batches reshape through the flat path
     assert actor.sample_actions(td[0], noise=noise[0]).shape == (CHUNK, 32)
     torch.testing.assert_close(actor.sample_actions(td[0], noise=noise[0]), a[0], rtol=1e-4, atol=1e-5)
