@@ -274,11 +274,6 @@ def run(mode: str, seed: int, cfg: ToyConfig, log: bool = True) -> dict:
     curve, t0 = [], time.perf_counter()
     for it in range(cfg.iterations):
         data, stats = collect_informative_groups(batches, advantage, target_groups=cfg.target_groups, max_batches=cfg.max_batches)
-        if data is not None and cfg.policy == "pi0":
-            # PI0's sampled chunk is 32 wide; dims past the env's action_dim are untrained noise. Train on them zeroed, as
-            # lerobot pads dataset actions (and as BC saw them): with the noise left in, x_t carries it into the loss
-            # and the policy drifted to a global bias (success 0.36 -> 0.01 in 14 iterations, measured; zeroed: 0.09 -> 0.97 in 6).
-            data.get("action_chunk")[..., cfg.action_dim :] = 0
         curve.append(stats["success_rate"])
         metrics = {}
         if refill_replay_buffer(buffer, data):
