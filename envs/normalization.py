@@ -135,6 +135,18 @@ class NormStats:
         kwargs.update(state_mode=mode, action_mode=mode)
         return NormStats(**kwargs)
 
+    def lerobot_stats(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Mean/std in lerobot's layout ({"observation.state": {...}, "action": {...}}), as a checkpoint stores them."""
+        return {
+            "observation.state": {"mean": self.state_mean, "std": self.state_std},
+            "action": {"mean": self.action_mean, "std": self.action_std},
+        }
+
+    @classmethod
+    def identity(cls, state_dim: int = 8, action_dim: int = 7) -> NormStats:
+        """Statistics that leave values unchanged: for a policy trained from scratch on raw LIBERO values."""
+        return cls(torch.zeros(state_dim), torch.ones(state_dim), torch.zeros(action_dim), torch.ones(action_dim))
+
     # -------------------------------------------------------------- loaders
     @classmethod
     def from_openpi_json(cls, path: str | Path, mode: NormMode = "mean_std", eps: float = 1e-8) -> NormStats:

@@ -129,7 +129,7 @@ def collect_demos(cfg: BCConfig, log=print) -> list[dict[str, Any]]:
 
 def demo_norm_stats(demos: list[dict[str, Any]]) -> NormStats:
     """mean/std of the raw state (eef pos, axis-angle, gripper) and of the executed actions."""
-    raw = PI0StateTransform(NormStats(torch.zeros(STATE_DIM), torch.ones(STATE_DIM), torch.zeros(ACTION_DIM), torch.ones(ACTION_DIM)))
+    raw = PI0StateTransform(NormStats.identity(STATE_DIM, ACTION_DIM))
     states = torch.cat([raw.raw_state(d["obs"].get(K.EEF_POS), d["obs"].get(K.EEF_QUAT), d["obs"].get(K.GRIPPER_QPOS)) for d in demos])
     actions = torch.from_numpy(np.concatenate([d["actions"] for d in demos]))
     floor = 1e-2  # near-constant dims (e.g. rotations a top-down expert rarely uses) stay well conditioned
@@ -214,8 +214,7 @@ def evaluate(actor: PI0Actor, norm: NormStats, cfg: BCConfig, init_states: list[
 
 def save_checkpoint(actor: PI0Actor, norm: NormStats, cfg: BCConfig, directory: Path, info: dict[str, Any]) -> Path:
     """lerobot-format weights + config, tiny spec, tokenizer, and the demo norm stats as lerobot processors."""
-    actor.dataset_stats = {"observation.state": {"mean": norm.state_mean, "std": norm.state_std},
-                           "action": {"mean": norm.action_mean, "std": norm.action_std}}
+    actor.dataset_stats = norm.lerobot_stats()
     actor.save_pretrained(directory)
     (directory / "bc_config.json").write_text(json.dumps({"config": asdict(cfg), **info}, indent=2))
     return directory

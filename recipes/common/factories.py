@@ -141,17 +141,9 @@ def make_env(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, num_envs: int | Non
     if cfg.policy.kind == "pi0" and getattr(policy, "dataset_stats", None) and cfg.policy.path:
         norm = NormStats.from_lerobot_checkpoint(resolve_repo_path(cfg.policy.path))
     else:  # a tiny or MLP policy trained from scratch: identity statistics
-        norm = NormStats(
-            state_mean=torch.zeros(LIBERO_STATE_DIM),
-            state_std=torch.ones(LIBERO_STATE_DIM),
-            action_mean=torch.zeros(LIBERO_ACTION_DIM),
-            action_std=torch.ones(LIBERO_ACTION_DIM),
-        )
+        norm = NormStats.identity(LIBERO_STATE_DIM, LIBERO_ACTION_DIM)
         if cfg.policy.kind == "pi0":  # saved with every checkpoint, so eval_libero and resume find them
-            policy.dataset_stats = {
-                "observation.state": {"mean": norm.state_mean, "std": norm.state_std},
-                "action": {"mean": norm.action_mean, "std": norm.action_std},
-            }
+            policy.dataset_stats = norm.lerobot_stats()
     tokenizer = getattr(policy, "tokenizer", None)
     max_len = getattr(getattr(getattr(policy, "policy", None), "config", None), "tokenizer_max_length", 48)
     transforms = make_pi0_transforms(norm, image_size=policy_image_size(policy), tokenizer=tokenizer, tokenizer_max_length=max_len)
