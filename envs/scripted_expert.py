@@ -1,4 +1,4 @@
-"""A privileged scripted expert for LIBERO pick-and-place-into-container tasks (libero_object).
+"""A privileged scripted expert for LIBERO pick-and-place tasks (libero_object, bowl-on-plate tasks).
 
 Why it exists: RIPT needs a starting policy that sometimes succeeds, and real PI0 LIBERO
 weights cannot be downloaded here. This expert reads object poses from the simulator
@@ -15,8 +15,12 @@ the model's errors.
 
 Strategy (top-down grasp): hover above the object with the fingers turned across the
 object's narrow horizontal axis, descend, close, lift clear of the container's rim,
-move above the container, lower a little, open. A grasp that did not lift the object
-is retried from the hover. No LIBERO code is imported here: it works on the robosuite
+move above the container, lower a little, open. Objects wider than the open gripper
+(LIBERO's bowls) are pinched at the rim instead: fingers radial, one inside the wall.
+Flat containers (plates) get the object lowered until it almost touches, then released.
+Heights are measured from the table top under the object, so the same parameters work
+on libero_object's floor scenes and the table scenes of libero_spatial / libero_goal.
+A grasp that did not lift the object is retried from the hover. No LIBERO code is imported here: it works on the robosuite
 environment that `LiberoSimulator.robosuite_env` returns.
 """
 
@@ -44,10 +48,16 @@ class ExpertParams:
 
     hover_height: float = 0.10  # above the grasp point before descending
     grasp_depth: float = 0.01  # grip site above the object's centre (fingertips sit ~1 cm lower)
-    min_grasp_z: float = 0.018  # keeps the fingertips off the table
-    carry_z: float = 0.26  # grip site height while carrying (clears the basket rim and handle)
-    release_z: float = 0.20  # grip site height where the gripper opens
+    min_grasp_z: float = 0.018  # above the table: keeps the fingertips off it
+    carry_z: float = 0.26  # above the table: grip site while carrying (clears the basket rim and handle)
+    release_z: float = 0.20  # above the table: grip site where the gripper opens over a deep container
+    carry_z_flat: float = 0.15  # above the table: grip site while carrying to a flat container
+    rim_depth: float = 0.02  # rim pinch: grip site below the rim's top
+    rim_inset: float = 0.007  # rim pinch: grip site inside the rim's outer extent (on the wall)
+    flat_container: float = 0.04  # containers lower than this (plates) get the object set down on them
+    place_gap: float = 0.015  # object's bottom above a flat container's top when it is released
     close_steps: int = 8  # steps with the gripper closing before lifting
+    rim_close_steps: int = 16  # a rim pinch closes the fingers all the way onto a thin wall
     release_steps: int = 6
     pos_tol: float = 0.012  # waypoint reached (predicted), m
     yaw_tol: float = 0.08  # rad
@@ -136,18 +146,20 @@ class PickPlaceExpert:
         return out
 
     def _local_extent(self, bid: int) -> tuple[np.ndarray, np.ndarray]:
-        """(min, max) corners of the body's geoms in its own frame (from MuJoCo's geom AABBs)."""
+        """(min, max) corners of the body's collision geoms in its own frame (MuJoCo's geom AABBs)."""
         model, data = self.env.sim.model, self.env.sim.data
         rot, pos = data.body_xmat[bid].reshape(3, 3), data.body_xpos[bid]
         bodies = self._subtree(bid)
         signs = np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1])).reshape(3, -1).T
+        geoms = [g for g in range(model.ngeom) if model.geom_bodyid[g] in bodies]
+        # what the fingers touch: collision geoms (a bowl's visual mesh box, rotated, is far wider)
+        colliding = [g for g in geoms if model.geom_contype[g] or model.geom_conaffinity[g]]
         pts = []
-        for g in range(model.ngeom):
-            if model.geom_bodyid[g] in bodies:
-                centre, half = model.geom_aabb[g][:3], model.geom_aabb[g][3:]
-                grot, gpos = data.geom_xmat[g].reshape(3, 3), data.geom_xpos[g]
-                world = gpos + (grot @ (centre + signs * half).T).T
-                pts.append((world - pos) @ rot)
+        for g in colliding or geoms:
+            centre, half = model.geom_aabb[g][:3], model.geom_aabb[g][3:]
+            grot, gpos = data.geom_xmat[g].reshape(3, 3), data.geom_xpos[g]
+            world = gpos + (grot @ (centre + signs * half).T).T
+            pts.append((world - pos) @ rot)
         if not pts:
             return np.full(3, -0.02), np.full(3, 0.02)
         pts = np.concatenate(pts)
@@ -197,22 +209,54 @@ class PickPlaceExpert:
 
     # -- planning -----------------------------------------------------------------------
     def reset(self) -> None:
-        """Plan the grasp from the current (just reset) scene."""
+        """Plan the grasp and the placement from the current (just reset) scene."""
         p = self.params
         data = self.env.sim.data
         self.phase = HOVER
         self._count = 0
         self.retries = 0
+        self._hold_dz: float | None = None  # object z minus grip z while carried
         obj_pos = data.body_xpos[self._obj_bid].copy()
         obj_rot = data.body_xmat[self._obj_bid].reshape(3, 3)
         lo, hi = self._obj_extent
-        centre_local = (lo + hi) / 2.0
-        centre = obj_pos + obj_rot @ centre_local
-        self._obj_start_z = float(obj_pos[2])
-        grasp_z = max(float(centre[2]) + p.grasp_depth, p.min_grasp_z)
-        # fingers close across the narrower horizontal axis of the object; among small yaw
-        # offsets and shifts along the long axis, pick the grasp whose hand clears the neighbours
         size = hi - lo
+        centre = obj_pos + obj_rot @ ((lo + hi) / 2.0)
+        self._obj_start_z = float(obj_pos[2])
+        self.table_z = float(centre[2] - size[2] / 2.0)  # the object rests on the table at reset
+        self.rim_pinch = bool(min(size[0], size[1]) > p.max_opening)
+        if self.rim_pinch:
+            point, finger_yaw, grasp_z = self._plan_rim(centre, size)
+        else:
+            point, finger_yaw, grasp_z = self._plan_top_down(centre, size, obj_rot)
+        finger = self._finger_axis()
+        yaw = _wrap(finger_yaw - np.arctan2(finger[1], finger[0]))
+        if yaw > np.pi / 2:  # the gripper is symmetric: turn the short way
+            yaw -= np.pi
+        elif yaw < -np.pi / 2:
+            yaw += np.pi
+        _, eef_rot = self._eef()
+        self._target_rot = _rot_z(yaw) @ eef_rot
+        self._grasp = np.array([point[0], point[1], grasp_z])
+        # placement: the object's centre over the container's, for a plate lowered until it almost touches
+        cont_lo, cont_hi = self._extents.setdefault(self._cont_bid, self._local_extent(self._cont_bid))
+        cont_rot = data.body_xmat[self._cont_bid].reshape(3, 3)
+        cont_centre = data.body_xpos[self._cont_bid] + cont_rot @ ((cont_lo + cont_hi) / 2.0)
+        target_xy = cont_centre[:2] + (self._grasp[:2] - centre[:2])
+        flat = cont_hi[2] - cont_lo[2] < p.flat_container
+        carry_z = self.table_z + (p.carry_z_flat if flat else p.carry_z)
+        if flat:
+            cont_top = float(cont_centre[2] + (cont_hi[2] - cont_lo[2]) / 2.0)
+            release_z = cont_top + p.place_gap + (grasp_z - self.table_z)
+        else:
+            release_z = self.table_z + p.release_z
+        self._carry = np.array([target_xy[0], target_xy[1], carry_z])
+        self._release = np.array([target_xy[0], target_xy[1], release_z])
+
+    def _plan_top_down(self, centre: np.ndarray, size: np.ndarray, obj_rot: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Fingers across the narrower horizontal axis; among small yaw offsets and shifts along
+        the long axis, the grasp whose hand clears the neighbours. Returns (xy, finger yaw, grip z)."""
+        p = self.params
+        grasp_z = max(float(centre[2]) + p.grasp_depth, self.table_z + p.min_grasp_z)
         narrow = 0 if size[0] < size[1] else 1
         across = obj_rot[:, narrow].copy()
         across[2] = 0.0
@@ -235,19 +279,27 @@ class PickPlaceExpert:
                     best, best_score = (float(dyaw), float(shift)), score
         self.grasp_clearance = best_score
         dyaw, shift = best
-        finger = self._finger_axis()
-        yaw = _wrap(base_yaw + dyaw - np.arctan2(finger[1], finger[0]))
-        if yaw > np.pi / 2:  # the gripper is symmetric: turn the short way
-            yaw -= np.pi
-        elif yaw < -np.pi / 2:
-            yaw += np.pi
-        _, eef_rot = self._eef()
-        self._target_rot = _rot_z(yaw) @ eef_rot
-        point = centre[:2] + shift * along[:2]
-        self._grasp = np.array([point[0], point[1], grasp_z])
-        cont = data.body_xpos[self._cont_bid].copy()
-        self._carry = np.array([cont[0], cont[1], p.carry_z])
-        self._release = np.array([cont[0], cont[1], p.release_z])
+        return centre[:2] + shift * along[:2], base_yaw + dyaw, grasp_z
+
+    def _plan_rim(self, centre: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Pinch the rim of a round object too wide to straddle: fingers radial, grip site just
+        inside the outer radius; prefers the side facing the robot, then the clearest side."""
+        p = self.params
+        radius = min(size[0], size[1]) / 2.0 - p.rim_inset
+        grasp_z = float(centre[2] + size[2] / 2.0) - p.rim_depth
+        obstacles = self._obstacles(grasp_z + p.hand_above_grip)
+        robot_side = float(np.arctan2(-centre[1], -0.6 - centre[0]))  # the arm's base sits at about x = -0.6
+        best, best_score = (centre[:2], robot_side), -np.inf
+        for dtheta in np.deg2rad([0, 20, -20, 40, -40, 60, -60, 90, -90]):
+            theta = robot_side + dtheta
+            direction = np.array([np.cos(theta), np.sin(theta)])
+            point = centre[:2] + radius * direction
+            clearance = self._clearance(point, theta, obstacles)
+            score = min(clearance, 0.02) - 0.01 * abs(dtheta)
+            if score > best_score:
+                best, best_score = (point, theta), score
+        self.grasp_clearance = best_score
+        return best[0], best[1], grasp_z
 
     def _waypoint(self) -> tuple[np.ndarray | None, float]:
         """(target position or None to hold, gripper command) of the current phase."""
@@ -259,7 +311,7 @@ class PickPlaceExpert:
         if self.phase == GRASP:
             return self._grasp, CLOSE
         if self.phase == LIFT:
-            return np.array([self._grasp[0], self._grasp[1], p.carry_z]), CLOSE
+            return np.array([self._grasp[0], self._grasp[1], self._carry[2]]), CLOSE
         if self.phase == CARRY:
             return self._carry, CLOSE
         if self.phase == LOWER:
@@ -271,9 +323,16 @@ class PickPlaceExpert:
         p = self.params
         pos, rot = self._eef()
         # re-check the grasp from the real state at each decision step
-        if self.phase in (CARRY, LOWER) and self.object_pos()[2] < self._obj_start_z + p.lifted_margin:
-            self.phase, self._count = HOVER, 0  # dropped or missed: start over from the hover
-            self.retries += 1
+        if self.phase in (CARRY, LOWER):
+            obj_z = float(self.object_pos()[2])
+            if self._hold_dz is None:  # first check after lifting: did the object come up?
+                held = obj_z >= self._obj_start_z + p.lifted_margin
+                self._hold_dz = obj_z - float(pos[2]) if held else None
+            else:  # later: does it still hang from the hand (a plate sits lower than the lift margin)?
+                held = obj_z - float(pos[2]) >= self._hold_dz - p.lifted_margin
+            if not held:
+                self.phase, self._count, self._hold_dz = HOVER, 0, None  # dropped or missed: start over
+                self.retries += 1
         rot_err = _axis_angle(self._target_rot @ rot.T)
         self._advance_on_state(pos, rot_err)  # waypoints count as reached only in the real state
         actions = np.zeros((n, 7))
@@ -307,7 +366,7 @@ class PickPlaceExpert:
         """Timed phases (closing, opening) advance step by step, inside a chunk too."""
         p = self.params
         self._count += 1
-        if self.phase == GRASP and self._count >= p.close_steps:
+        if self.phase == GRASP and self._count >= (p.rim_close_steps if self.rim_pinch else p.close_steps):
             self.phase, self._count = LIFT, 0
         elif self.phase == RELEASE and self._count >= p.release_steps:
             self.phase, self._count = DONE, 0
@@ -315,3 +374,14 @@ class PickPlaceExpert:
     @property
     def phase_name(self) -> str:
         return PHASE_NAMES[self.phase]
+
+
+def make_expert(robosuite_env: Any, params: ExpertParams | None = None) -> PickPlaceExpert:
+    """The scripted expert for a LIBERO task's scene (pick-and-place of its objects of interest).
+
+    One strategy covers libero_object (top-down grasp into the basket) and the bowl-on-plate
+    tasks of libero_spatial / libero_goal (rim pinch, set down on the plate); other task
+    families (drawers, knobs, pushing) raise the ValueError of a scene without an
+    (object, container) pair.
+    """
+    return PickPlaceExpert(robosuite_env, params=params)

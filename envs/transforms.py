@@ -144,13 +144,15 @@ class PI0StateTransform(_ObservationTransform):
                 return next_tensordict
             missing = [k for k, v in zip(self.in_keys, values) if v is None]
             raise KeyError(f"PI0StateTransform: {missing} not found; the raw env must emit eef pos/quat and gripper qpos")
-        state = self.raw_state(*values)
+        next_tensordict.set(self.out_keys[0], self.normalize_padded(self.raw_state(*values)))
+        return next_tensordict
+
+    def normalize_padded(self, state: torch.Tensor) -> torch.Tensor:
+        """Raw 8-dim state (e.g. a LeRobotDataset's observation.state) -> what PI0 sees: normalised, padded."""
         if state.shape[-1] > self.pad_to:
             raise ValueError(f"state has {state.shape[-1]} dims, more than pad_to={self.pad_to}; raise pad_to to the policy's max_state_dim")
         state = self.norm_stats.normalize_state(state)
-        state = torch.nn.functional.pad(state, (0, self.pad_to - state.shape[-1]))
-        next_tensordict.set(self.out_keys[0], state)
-        return next_tensordict
+        return torch.nn.functional.pad(state, (0, self.pad_to - state.shape[-1]))
 
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:
         for k in self.in_keys:

@@ -1,31 +1,32 @@
-"""Warm start for RIPT: behaviour-clone a tiny PI0 on scripted-expert demos of one LIBERO task.
+"""Warm start for RIPT: behaviour-clone one tiny, language-conditioned PI0 on scripted demos.
 
 RIPT learns only from groups whose rollouts disagree, so its starting policy must
-sometimes succeed (roughly 10-60%). Real PI0 LIBERO weights cannot be downloaded here,
+sometimes succeed (roughly 20-60%). Real PI0 LIBERO weights cannot be downloaded here,
 so this recipe builds one, reproducibly, on a CPU:
 
-  1. demos: the privileged `PickPlaceExpert` acts through ript's own `LiberoEnv` at the
-     policy's decision cadence (one chunk of n_action_steps actions per observation);
-     only successful episodes are kept; init states `--demo-init-states`
-  2. norm stats: mean/std of the raw 8-dim state and 7-dim actions of the demos
-  3. the PI0 transforms (rotate, resize-with-pad, normalise, pad, tokenize) turn the raw
-     observations into exactly what the policy sees in `recipes/ript_cfg.py`
-  4. training: flow matching through `PI0Actor.per_sample_loss`; a sample's chunk is the
-     next chunk_size executed actions, steps past the episode end masked out
-     (td["action_mask"]); +-shift pixel random-shift augmentation; AdamW, warm-up then
-     constant LR (so a checkpoint after k steps equals a run with --steps k)
-  5. evaluation on held-out init states every --eval-every steps (the BC curve), and the
-     final checkpoint saved in lerobot format with its norm stats as lerobot processors,
-     so `policy.path=<out>` works in the RIPT recipe.
+  1. demos: the LeRobotDataset written by `recipes/collect_demos.py` (scripted experts on
+     several LIBERO tasks), read with lerobot's own loader; its `delta_timestamps` give
+     each frame the next chunk_size actions and `action_is_pad` masks the steps past the
+     episode end (lerobot 0.6.1's PI0 loss has no such mask: `per_sample_loss` applies it)
+  2. norm stats: the dataset's own mean/std of the raw 8-dim state and 7-dim actions
+  3. frames already hold what PI0 sees (images rotated and resize-with-padded by the PI0
+     image transform); the state is normalised and padded, and each task's instruction
+     tokenised, by the same transforms the RL env uses
+  4. training: flow matching through `PI0Actor.per_sample_loss`; +-shift pixel random-shift
+     augmentation; AdamW, warm-up then constant LR (a checkpoint after k steps equals a
+     run with --steps k)
+  5. evaluation per task on held-out init states every --eval-every steps (the BC curve);
+     a checkpoint is saved in lerobot format with its norm stats as lerobot processors at
+     every evaluation, so `policy.path=<out>_step<k>` works in the RIPT recipe.
 
-    python recipes/bc_pretrain.py --out configs/pretrained/tiny_pi0_libero_object_task1
+    python recipes/collect_demos.py --out data/scripted_libero
+    python recipes/bc_pretrain.py --dataset data/scripted_libero --out runs/bc/tiny_pi0_libero
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,15 +38,15 @@ if __package__ in (None, ""):  # run as a script: make `ript` importable from a 
 
 import numpy as np
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDict
 
 import ript.envs  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
 from ript.algos.pi0_actor import PI0Actor
 from ript.algos.tiny_pi0 import TinyPI0Spec
 from ript.envs import NormStats, make_libero_env, make_pi0_transforms
 from ript.envs import keys as K
-from ript.envs.scripted_expert import PickPlaceExpert
-from ript.envs.transforms import PI0ActionTransform, PI0StateTransform
+from ript.envs.transforms import PI0StateTransform, PI0TokenizeTransform
+from ript.recipes.collect_demos import ACTION_KEY, EPISODES_FILE, IMAGE_KEY, STATE_KEY, WRIST_KEY, parse_task
 
 STATE_DIM, ACTION_DIM = 8, 7
 
@@ -54,31 +55,29 @@ STATE_DIM, ACTION_DIM = 8, 7
 class BCConfig:
     """Everything that defines the warm-start checkpoint (saved beside it as bc_config.json)."""
 
-    out: str = "runs/bc_pretrain"
-    suite: str = "libero_object"
-    task: int = 1
-    demo_init_states: list[int] = field(default_factory=lambda: list(range(0, 40)))
-    eval_init_states: list[int] = field(default_factory=lambda: list(range(40, 50)))
-    camera_size: int = 128  # must equal the RIPT config's env.camera_size
-    max_steps: int = 280  # simulator steps per episode (openpi's libero_object budget)
+    dataset: str = "data/scripted_libero"  # root of the LeRobotDataset from collect_demos.py
+    repo_id: str = "ript/scripted_libero"
+    out: str = "runs/bc_pretrain/tiny_pi0_libero"
+    demo_init_states: list[int] = field(default_factory=lambda: list(range(0, 40)))  # episodes used for training
+    eval_init_states: list[int] = field(default_factory=lambda: list(range(40, 50)))  # held out, per task
+    max_demos_per_task: int = 0  # 0 = every successful demo on demo_init_states
     # tiny PI0
-    width: int = 96
-    depth: int = 3
-    vision_width: int = 64
-    vision_layers: int = 3
-    image_size: int = 128
+    width: int = 128
+    depth: int = 4
+    vision_width: int = 128
+    vision_layers: int = 4
     patch_size: int = 16
     chunk_size: int = 10
     n_action_steps: int = 5
     num_inference_steps: int = 5
     # optimisation
-    steps: int = 2000
+    steps: int = 6000
     batch_size: int = 32
     lr: float = 3e-4
     warmup_steps: int = 100
     weight_decay: float = 1e-4
     shift_px: int = 6
-    eval_every: int = 500  # 0 = only at the end
+    eval_every: int = 1000  # 0 = only at the end
     seed: int = 0
     threads: int = 2
 
@@ -86,85 +85,75 @@ class BCConfig:
 # --------------------------------------------------------------------------- demos
 
 
-def collect_demos(cfg: BCConfig, log=print) -> list[dict[str, Any]]:
-    """Expert episodes through LiberoEnv: raw decision-step observations and executed actions.
-
-    Returns one dict per successful episode: "obs" (TensorDict [T] of raw observations and
-    "task"), "actions" (float32 [N, 7], every executed simulator action), "init_state_id".
-    """
-    env = make_libero_env(
-        cfg.suite, cfg.task, action_chunk=cfg.n_action_steps, camera_size=cfg.camera_size,
-        max_steps=cfg.max_steps, init_state_mode="fixed", seed=cfg.seed,
-    )
-    demos, failed = [], []
-    try:
-        for init in cfg.demo_init_states:
-            env.push_contexts([{K.INIT_STATE_ID: int(init)}])
-            td = env.reset()
-            expert = PickPlaceExpert(env.sim.robosuite_env)
-            obs, actions, success = [], [], False
-            while True:
-                chunk = expert.act(cfg.n_action_steps)
-                obs.append(td.select(K.OBS, K.TASK).clone())
-                td = env.step(td.set("action", torch.as_tensor(chunk, dtype=torch.float32)))
-                nxt = td.get("next")
-                executed = int(nxt.get(K.STEPS_EXECUTED).item())
-                actions.append(np.asarray(chunk[:executed], dtype=np.float32))
-                success = bool(nxt.get(K.SUCCESS).item())
-                if bool(nxt.get("done").item()):
-                    break
-                td = nxt.exclude("reward", "done", "terminated", "truncated").clone()
-            if success:
-                demos.append({"obs": torch.stack(obs), "actions": np.concatenate(actions), "init_state_id": int(init)})
-            else:
-                failed.append(int(init))
-            log(f"demo init {init}: {'ok' if success else 'FAILED'} in {sum(len(a) for a in actions)} steps")
-    finally:
-        env.close()
-    if not demos:
-        raise RuntimeError(f"the expert solved none of init states {cfg.demo_init_states}: check the task is a pick-and-place")
-    log(f"expert: {len(demos)}/{len(demos) + len(failed)} successful demos (failed: {failed})")
-    return demos
+def demo_info(cfg: BCConfig) -> dict[str, Any]:
+    """The dataset's collection settings and per-episode (task, init state) index."""
+    root = Path(cfg.dataset)
+    for name in ("demo_config.json", EPISODES_FILE):
+        if not (root / name).is_file():
+            raise FileNotFoundError(f"{root / name} missing: write the dataset with `python recipes/collect_demos.py --out {root}`")
+    return {"config": json.loads((root / "demo_config.json").read_text()),
+            "episodes": json.loads((root / EPISODES_FILE).read_text())}
 
 
-def demo_norm_stats(demos: list[dict[str, Any]]) -> NormStats:
-    """mean/std of the raw state (eef pos, axis-angle, gripper) and of the executed actions."""
-    raw = PI0StateTransform(NormStats.identity(STATE_DIM, ACTION_DIM))
-    states = torch.cat([raw.raw_state(d["obs"].get(K.EEF_POS), d["obs"].get(K.EEF_QUAT), d["obs"].get(K.GRIPPER_QPOS)) for d in demos])
-    actions = torch.from_numpy(np.concatenate([d["actions"] for d in demos]))
+def demo_norm_stats(dataset: Any) -> NormStats:
+    """The dataset's mean/std of the raw state and of the actions (lerobot computed them)."""
+    stats = dataset.meta.stats
     floor = 1e-2  # near-constant dims (e.g. rotations a top-down expert rarely uses) stay well conditioned
+    vec = lambda key, stat: torch.as_tensor(np.asarray(stats[key][stat]), dtype=torch.float32).flatten()  # noqa: E731
     return NormStats(
-        state_mean=states.mean(0), state_std=states.std(0).clamp_min(floor),
-        action_mean=actions.mean(0), action_std=actions.std(0).clamp_min(floor),
+        state_mean=vec(STATE_KEY, "mean"), state_std=vec(STATE_KEY, "std").clamp_min(floor),
+        action_mean=vec(ACTION_KEY, "mean"), action_std=vec(ACTION_KEY, "std").clamp_min(floor),
     )
 
 
-def build_dataset(demos: list[dict[str, Any]], actor: PI0Actor, norm: NormStats, cfg: BCConfig) -> TensorDict:
-    """Decision-step samples as the policy sees them + the next chunk_size normalised actions and a mask."""
-    transforms = make_pi0_transforms(norm, image_size=cfg.image_size, tokenizer=actor.tokenizer,
-                                     tokenizer_max_length=actor.policy.config.tokenizer_max_length)
-    obs_transforms = [t for t in transforms if not isinstance(t, PI0ActionTransform)]  # actions are normalised below
-    samples = []
-    for d in demos:
-        td = d["obs"].clone()
-        for t in obs_transforms:
-            td = t(td)
-        acts = torch.from_numpy(d["actions"])
-        steps = td.shape[0]
-        chunks = torch.zeros(steps, cfg.chunk_size, ACTION_DIM)
-        mask = torch.zeros(steps, cfg.chunk_size, dtype=torch.bool)
-        for i in range(steps):
-            seg = acts[i * cfg.n_action_steps: i * cfg.n_action_steps + cfg.chunk_size]
-            chunks[i, : len(seg)] = seg
-            mask[i, : len(seg)] = True
-            chunks[i, len(seg):] = seg[-1]  # masked out of the loss; a plausible value anyway
-        chunks = torch.nn.functional.pad(norm.normalize_action(chunks), (0, 32 - ACTION_DIM))
-        samples.append(TensorDict({
-            K.PI0_IMAGE: td.get(K.PI0_IMAGE), K.PI0_WRIST_IMAGE: td.get(K.PI0_WRIST_IMAGE), K.PI0_STATE: td.get(K.PI0_STATE),
-            K.LANG_TOKENS: td.get(K.LANG_TOKENS), K.LANG_MASK: td.get(K.LANG_MASK),
-            K.ACTION_CHUNK: chunks, "action_mask": mask,
-        }, batch_size=[steps]))
-    return torch.cat(samples)
+def load_demos(cfg: BCConfig, actor: PI0Actor) -> tuple[TensorDict, NormStats, dict[str, Any]]:
+    """Every frame of the chosen episodes as the policy sees it, with its next-chunk target.
+
+    Returns (samples [N], norm stats, info). Samples hold uint8 PI0 images, the normalised
+    padded state, the instruction's tokens, the normalised padded action chunk and its mask.
+    """
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    info = demo_info(cfg)
+    fps = 20
+    wanted = set(cfg.demo_init_states)
+    chosen, per_task = [], {}
+    for ep in info["episodes"]:
+        if ep["init_state_id"] in wanted and (not cfg.max_demos_per_task or per_task.get(ep["task"], 0) < cfg.max_demos_per_task):
+            chosen.append(ep["episode_index"])
+            per_task[ep["task"]] = per_task.get(ep["task"], 0) + 1
+    if not chosen:
+        raise ValueError(f"no demo in {cfg.dataset} starts from --demo-init-states {cfg.demo_init_states}")
+    dataset = LeRobotDataset(cfg.repo_id, root=cfg.dataset, episodes=chosen,
+                             delta_timestamps={ACTION_KEY: [i / fps for i in range(cfg.chunk_size)]})
+    norm = demo_norm_stats(dataset)
+    state_tf = PI0StateTransform(norm)
+    tokenize = PI0TokenizeTransform(actor.tokenizer, max_length=actor.policy.config.tokenizer_max_length)
+    tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("image", "wrist", "state", "chunk", "mask", "tokens", "lmask")}
+    for i in range(len(dataset)):
+        item = dataset[i]
+        task = item["task"]
+        if task not in tokens:
+            td = tokenize(TensorDict({K.TASK: task}, batch_size=[]))
+            tokens[task] = (td.get(K.LANG_TOKENS), td.get(K.LANG_MASK))
+        cols["image"].append((item[IMAGE_KEY] * 255).round().to(torch.uint8))
+        cols["wrist"].append((item[WRIST_KEY] * 255).round().to(torch.uint8))
+        cols["state"].append(item[STATE_KEY])
+        cols["chunk"].append(item[ACTION_KEY])
+        cols["mask"].append(~item["action_is_pad"])
+        cols["tokens"].append(tokens[task][0])
+        cols["lmask"].append(tokens[task][1])
+    state = torch.stack(cols["state"])
+    chunks = torch.nn.functional.pad(norm.normalize_action(torch.stack(cols["chunk"])), (0, 32 - ACTION_DIM))
+    samples = TensorDict({
+        K.PI0_IMAGE: torch.stack(cols["image"]), K.PI0_WRIST_IMAGE: torch.stack(cols["wrist"]),
+        K.PI0_STATE: state_tf.normalize_padded(state),
+        K.LANG_TOKENS: torch.stack(cols["tokens"]), K.LANG_MASK: torch.stack(cols["lmask"]),
+        K.ACTION_CHUNK: chunks, "action_mask": torch.stack(cols["mask"]),
+    }, batch_size=[len(dataset)])
+    info.update(demos=len(chosen), demos_per_task=per_task, frames=len(dataset))
+    return samples, norm, info
 
 
 def random_shift(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -182,34 +171,40 @@ def random_shift(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.
 # --------------------------------------------------------------------------- model, eval, save
 
 
-def make_actor(cfg: BCConfig) -> PI0Actor:
+def make_actor(cfg: BCConfig, image_size: int) -> PI0Actor:
     spec = TinyPI0Spec(
         width=cfg.width, depth=cfg.depth, mlp_dim=2 * cfg.width, vision_width=cfg.vision_width,
         vision_depth=cfg.vision_layers, vision_mlp_dim=2 * cfg.vision_width, patch_size=cfg.patch_size,
     )
     return PI0Actor.tiny(spec, seed=cfg.seed, chunk_size=cfg.chunk_size, n_action_steps=cfg.n_action_steps,
-                         image_size=cfg.image_size, num_inference_steps=cfg.num_inference_steps)
+                         image_size=image_size, num_inference_steps=cfg.num_inference_steps)
 
 
 @torch.no_grad()
-def evaluate(actor: PI0Actor, norm: NormStats, cfg: BCConfig, init_states: list[int], seed: int = 0) -> float:
-    """Success rate of the policy on `init_states` (one episode each) in LiberoEnv + PI0 transforms."""
-    transforms = make_pi0_transforms(norm, image_size=cfg.image_size, tokenizer=actor.tokenizer,
+def evaluate(actor: PI0Actor, norm: NormStats, task: str, init_states: list[int], camera_size: int,
+             episodes_per_state: int = 1, seed: int = 0) -> float:
+    """Success rate of the policy on one task ("suite:id"), openpi's protocol, LiberoEnv + PI0 transforms."""
+    suite, task_id = parse_task(task)
+    image_size = actor.policy.config.image_resolution[0]
+    transforms = make_pi0_transforms(norm, image_size=image_size, tokenizer=actor.tokenizer,
                                      tokenizer_max_length=actor.policy.config.tokenizer_max_length)
-    env = make_libero_env(cfg.suite, cfg.task, action_chunk=cfg.n_action_steps, camera_size=cfg.camera_size,
-                          max_steps=cfg.max_steps, init_state_mode="fixed", transforms=transforms, seed=seed)
+    env = make_libero_env(suite, task_id, action_chunk=actor.policy.config.n_action_steps, camera_size=camera_size,
+                          init_state_mode="fixed", transforms=transforms, seed=seed)
+    was_training = actor.training
     actor.eval()
-    successes = 0
+    successes = episodes = 0
     try:
         torch.manual_seed(seed)
         for init in init_states:
-            env.push_contexts([{K.INIT_STATE_ID: int(init)}])
-            td = env.rollout(cfg.max_steps, actor, break_when_any_done=True)
-            successes += bool(td.get(("next", K.SUCCESS)).any())
+            for _ in range(episodes_per_state):
+                env.push_contexts([{K.INIT_STATE_ID: int(init)}])
+                td = env.rollout(10_000, actor, break_when_any_done=True)
+                successes += bool(td.get(("next", K.SUCCESS)).any())
+                episodes += 1
     finally:
         env.close()
-        actor.train()
-    return successes / max(len(init_states), 1)
+        actor.train(was_training)
+    return successes / max(episodes, 1)
 
 
 def save_checkpoint(actor: PI0Actor, norm: NormStats, cfg: BCConfig, directory: Path, info: dict[str, Any]) -> Path:
@@ -224,24 +219,28 @@ def save_checkpoint(actor: PI0Actor, norm: NormStats, cfg: BCConfig, directory: 
 
 
 def train(cfg: BCConfig, log=print) -> dict[str, Any]:
-    """Collect demos, fit the tiny PI0, evaluate along the way, save to cfg.out; returns the BC curve."""
+    """Load the demos, fit the tiny PI0, evaluate each task along the way, save to cfg.out."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     out = Path(cfg.out)
+    demo_cfg = demo_info(cfg)["config"]
+    camera_size, image_size, tasks = int(demo_cfg["camera_size"]), int(demo_cfg["image_size"]), list(demo_cfg["tasks"])
+    if demo_cfg["n_action_steps"] != cfg.n_action_steps:
+        log(f"note: demos replanned every {demo_cfg['n_action_steps']} steps, the policy every {cfg.n_action_steps}")
+    actor = make_actor(cfg, image_size)
     t0 = time.perf_counter()
-    demos = collect_demos(cfg, log)
-    collect_s = time.perf_counter() - t0
-    norm = demo_norm_stats(demos)
-    actor = make_actor(cfg)
-    data = build_dataset(demos, actor, norm, cfg)
+    data, norm, info = load_demos(cfg, actor)
     n_params = sum(p.numel() for p in actor.parameters())
-    log(f"{len(data)} decision-step samples from {len(demos)} demos in {collect_s:.0f}s; tiny PI0 with {n_params / 1e6:.2f}M parameters")
+    log(f"{info['frames']} frames from {info['demos']} demos {info['demos_per_task']} loaded in "
+        f"{time.perf_counter() - t0:.0f}s; tiny PI0 with {n_params / 1e6:.2f}M parameters, {image_size}px images")
     params = [p for p in actor.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
     gen = torch.Generator().manual_seed(cfg.seed)
-    curve: list[dict[str, float]] = []
+    curve: list[dict[str, Any]] = []
+    meta = {"demos": info["demos"], "demos_per_task": info["demos_per_task"], "frames": info["frames"],
+            "params": n_params, "camera_size": camera_size, "tasks": tasks}
     t_train, losses = time.perf_counter(), []
     for step in range(1, cfg.steps + 1):
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
@@ -260,14 +259,15 @@ def train(cfg: BCConfig, log=print) -> dict[str, Any]:
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             minutes = (time.perf_counter() - t_train) / 60
             t_eval = time.perf_counter()
-            rate = evaluate(actor, norm, cfg, cfg.eval_init_states)
-            point = {"step": step, "train_minutes": round(minutes, 2), "success_rate": rate, "loss": float(np.mean(losses[-50:]))}
+            rates = {task: evaluate(actor, norm, task, cfg.eval_init_states, camera_size) for task in tasks}
+            point = {"step": step, "train_minutes": round(minutes, 2), "success": rates, "loss": float(np.mean(losses[-50:]))}
             curve.append(point)
-            log(f"eval step {step} ({minutes:.1f} train min): success {rate:.2f} on init states {cfg.eval_init_states} ({time.perf_counter() - t_eval:.0f}s)")
+            log(f"eval step {step} ({minutes:.1f} train min): " + ", ".join(f"{t} {r:.2f}" for t, r in rates.items())
+                + f" on init states {cfg.eval_init_states} ({time.perf_counter() - t_eval:.0f}s)")
             save_checkpoint(actor, norm, cfg, out if step == cfg.steps else out.parent / f"{out.name}_step{step}",
-                            {"curve": curve, "demos": len(demos), "params": n_params})
+                            {"curve": curve, **meta})
             t_train += time.perf_counter() - t_eval  # training minutes exclude evaluation
-    return {"curve": curve, "out": out, "demos": len(demos), "params": n_params}
+    return {"curve": curve, "out": out, **meta}
 
 
 def parse_args(argv: list[str] | None = None) -> BCConfig:
@@ -286,6 +286,8 @@ def parse_args(argv: list[str] | None = None) -> BCConfig:
         parser.error(f"--steps and --batch-size must be >= 1, got {cfg.steps} and {cfg.batch_size}")
     if set(cfg.demo_init_states) & set(cfg.eval_init_states):
         parser.error("--eval-init-states must not overlap --demo-init-states (held-out evaluation)")
+    if not Path(cfg.dataset).is_dir():
+        parser.error(f"--dataset {cfg.dataset} not found: write it with `python recipes/collect_demos.py --out {cfg.dataset}`")
     return cfg
 
 
