@@ -29,6 +29,7 @@ def make_libero_env(
     parallel: bool = True,
     transforms: Sequence[Transform] | None = None,
     seed: int | None = None,
+    suites: Sequence[str] | None = None,
     **env_kwargs: Any,
 ) -> EnvBase:
     """Build LIBERO env(s) for `suite`; `task` is one task (id or name) or one per worker.
@@ -36,7 +37,8 @@ def make_libero_env(
     num_envs=1 gives a `LiberoEnv`; num_envs>1 a `ParallelEnv` (one process per
     simulation, built inside the workers) or, with parallel=False, a `SerialEnv`.
     Worker i gets `worker_index=i` (queue its contexts with `ript.envs.push_contexts(env, ctxs, worker=i)`)
-    and default group ids offset by i * 1e6. `transforms` wrap the result in
+    and default group ids offset by i * 1e6. `suites` (one per worker) overrides `suite`
+    per worker, for multi-task runs across suites. `transforms` wrap the result in
     `TransformedEnv(env, Compose(*transforms))`. `env_kwargs` go to `LiberoEnv`.
     """
     if num_envs < 1:
@@ -44,15 +46,18 @@ def make_libero_env(
     tasks = list(task) if isinstance(task, (list, tuple)) else [task] * num_envs
     if len(tasks) != num_envs:
         raise ValueError(f"got {len(tasks)} tasks for num_envs={num_envs}: pass one task or one per worker")
+    worker_suites = list(suites) if suites is not None else [suite] * num_envs
+    if len(worker_suites) != num_envs:
+        raise ValueError(f"got {len(worker_suites)} suites for num_envs={num_envs}: pass one suite per worker")
     for bad in ("worker_index", "group_id_offset"):
         if bad in env_kwargs and num_envs > 1:
             raise ValueError(f"{bad} is set per worker by make_libero_env: leave it out when num_envs > 1")
     if num_envs == 1:
-        env: EnvBase = LiberoEnv(suite, tasks[0], **env_kwargs)
+        env: EnvBase = LiberoEnv(worker_suites[0], tasks[0], **env_kwargs)
     else:
         fns = [
-            partial(LiberoEnv, suite, t, worker_index=i, group_id_offset=i * GROUP_ID_STRIDE, **env_kwargs)
-            for i, t in enumerate(tasks)
+            partial(LiberoEnv, s, t, worker_index=i, group_id_offset=i * GROUP_ID_STRIDE, **env_kwargs)
+            for i, (s, t) in enumerate(zip(worker_suites, tasks))
         ]
         if parallel:  # metadata from the workers: no throw-away simulator in the parent process
             env = ParallelEnv(num_envs, fns, metadata_from_workers=True)

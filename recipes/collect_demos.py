@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import shutil
 import sys
 import time
@@ -62,7 +63,7 @@ class DemoConfig:
 def parse_task(spec: str) -> tuple[str, int]:
     """"libero_object:1" -> ("libero_object", 1), with a one-line error naming the format."""
     suite, sep, task = spec.partition(":")
-    if not sep or not task.lstrip("-").isdigit():
+    if not suite or not sep or not task.isdigit():
         raise ValueError(f"task {spec!r} is not 'suite:task_id' (e.g. libero_object:1)")
     return suite, int(task)
 
@@ -113,7 +114,7 @@ def expert_episode(env: Any, image_transform: Any, state_transform: Any, init_st
     }
 
 
-def _worker(task_spec: str, cfg_dict: dict[str, Any], queue: Any) -> None:
+def _worker(task_spec: str, cfg_dict: dict[str, Any], queue: Any, parent: int) -> None:
     """Runs one task's episodes and sends each back (the parent alone writes the dataset)."""
     try:
         import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
@@ -128,6 +129,8 @@ def _worker(task_spec: str, cfg_dict: dict[str, Any], queue: Any) -> None:
         state_tf = PI0StateTransform(NormStats.identity(len(STATE_NAMES), len(ACTION_NAMES)))
         try:
             for init in cfg.init_states:
+                if os.getppid() != parent:  # the parent was killed: do not simulate for nobody
+                    return
                 t0 = time.perf_counter()
                 episode = expert_episode(env, image_tf, state_tf, init, cfg.n_action_steps)
                 episode.update(task=task_spec, seconds=time.perf_counter() - t0)
@@ -163,7 +166,7 @@ def collect(cfg: DemoConfig, log=print) -> dict[str, Any]:
         while pending or running:
             while pending and len(running) < max(cfg.workers, 1):
                 spec = pending.pop(0)
-                running[spec] = ctx.Process(target=_worker, args=(spec, asdict(cfg), queue), daemon=True)
+                running[spec] = ctx.Process(target=_worker, args=(spec, asdict(cfg), queue, os.getpid()), daemon=True)
                 running[spec].start()
             kind, payload = queue.get()
             if kind == "error":

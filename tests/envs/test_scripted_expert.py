@@ -7,7 +7,7 @@ import pytest
 
 import ript.envs  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
 from ript.envs.libero_env import SUITE_MAX_STEPS, LiberoSimulator
-from ript.envs.scripted_expert import DONE, PickPlaceExpert
+from ript.envs.scripted_expert import DONE, PickPlaceExpert, make_expert
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +36,20 @@ def test_expert_solves_task1_within_budget(task1_sim):
 def test_unknown_object_is_a_clear_error(task1_sim):
     with pytest.raises(ValueError, match="unknown object 'teapot'"):
         PickPlaceExpert(task1_sim.robosuite_env, object_name="teapot", container_name="basket_1")
+
+
+def test_expert_pinches_a_bowl_rim_and_sets_it_on_the_plate():
+    """libero_goal task 8 ("put the bowl on the plate"): the bowl is wider than the open gripper."""
+    sim = LiberoSimulator("libero_goal", 8, camera_size=32, wrist_camera=False)
+    try:
+        sim.reset(3)
+        expert = make_expert(sim.robosuite_env)
+        assert expert.rim_pinch and expert.object_name.startswith("akita_black_bowl")
+        assert expert.table_z > 0.8  # a table scene: heights are measured from its top
+        success = False
+        while not success and sim.elapsed < SUITE_MAX_STEPS["libero_goal"]:
+            _, success, _, _ = sim.step(expert.act(5))
+        assert success, f"expert failed (phase {expert.phase_name}, {sim.elapsed} steps)"
+        assert sim.elapsed < 180 and expert.retries == 0
+    finally:
+        sim.close()

@@ -1,0 +1,284 @@
+"""Learning check on real LIBERO: RIPT-CFG raises the shipped tiny PI0's success, on a CPU.
+
+Start: the behaviour-cloned tiny PI0 shipped in configs/pretrained/ (scripted demos of
+three tasks from three suites; `recipes/collect_demos.py` + `recipes/bc_pretrain.py`).
+Then RIPT-CFG on its own rollouts only, no demonstrations:
+
+- one LIBERO worker per task (ParallelEnv, each in its own suite) with the PI0 transforms,
+  driven by a torchrl Collector;
+- every iteration queues `groups_per_task` groups of K episodes per task, each group from
+  one training init state (0-39); leave-one-out advantages (GroupLOOAdvantage), groups
+  whose K outcomes agree are dropped; kept decision steps go to the replay buffer;
+- epochs x minibatches of RIPTCFGLoss (weighted or cfg) with AdamW and clipping
+  (`ript.algos.rollout.update_policy`, the recipe's own update);
+- held-out evaluation: init states 40-49 (never in a demo nor in RIPT's groups), each
+  `eval_repeats` times: 50 episodes per task at the start, every `eval_every` iterations
+  and at the end. Training stops when `minutes` of RIPT time (collection + update,
+  evaluation excluded) are used.
+
+Prints success per task and iteration, writes <out>/learning_libero.json and .png
+(and copies both to benchmarks/results/ with --save-results).
+
+    .venv/bin/python benchmarks/learning_libero.py --minutes 60 --save-results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torchrl.collectors import Collector
+
+import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
+from ript.algos import GroupLOOAdvantage, RIPTCFGLoss
+from ript.algos.pi0_actor import PI0Actor
+from ript.algos.rollout import make_replay_buffer, refill_replay_buffer, update_policy
+from ript.envs import NormStats, make_libero_env, make_pi0_transforms, push_contexts
+from ript.envs import keys as K
+from ript.recipes.collect_demos import parse_task
+from ript.recipes.common.config import resolve_repo_path
+from ript.recipes.common.factories import SUITE_MAX_STEPS, stored_keys
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = "configs/pretrained/tiny_pi0_libero"
+
+
+@dataclass
+class LearnConfig:
+    checkpoint: str = DEFAULT_CHECKPOINT
+    out: str = "runs/learning_libero"
+    train_init_states: list[int] = field(default_factory=lambda: list(range(40)))
+    eval_init_states: list[int] = field(default_factory=lambda: list(range(40, 50)))
+    eval_repeats: int = 5  # 10 held-out init states x 5 = 50 episodes per task
+    eval_every: int = 0  # iterations between held-out evaluations (0: start and end only)
+    minutes: float = 60.0  # RIPT budget (collection + update); evaluation not counted
+    max_iterations: int = 100
+    mode: str = "weighted"
+    group_size: int = 4
+    groups_per_task: int = 2
+    lr: float = 3e-5
+    epochs: int = 2
+    minibatch_size: int = 32
+    temperature: float = 1.0
+    w_max: float = 5.0
+    p_uncond: float = 0.1
+    guidance: float = 1.5
+    seed: int = 0
+    save_results: bool = False
+
+
+class Runner:
+    """The env workers (one per task), their collector, and episode bookkeeping by group id."""
+
+    def __init__(self, cfg: LearnConfig, actor: PI0Actor, norm: NormStats, tasks: list[str], camera_size: int) -> None:
+        self.tasks = tasks
+        specs = [parse_task(t) for t in tasks]
+        config = actor.policy.config
+        transforms = make_pi0_transforms(norm, image_size=config.image_resolution[0], tokenizer=actor.tokenizer,
+                                         tokenizer_max_length=config.tokenizer_max_length)
+        self.env = make_libero_env(specs[0][0], [t for _, t in specs], suites=[s for s, _ in specs], num_envs=len(specs),
+                                   transforms=transforms, seed=cfg.seed, action_chunk=config.n_action_steps,
+                                   camera_size=camera_size, init_state_mode="fixed")
+        decisions = max(-(-SUITE_MAX_STEPS[s] // config.n_action_steps) for s, _ in specs)
+        self.collector = Collector(self.env, actor, frames_per_batch=len(specs) * decisions, total_frames=-1,
+                                   auto_register_policy_transforms=False)
+        self.batches = iter(self.collector)
+        self.next_group = 1
+
+    def run(self, episodes_per_task: list[list[int]], repeats: int, on_batch=None) -> dict[int, tuple[int, list[bool]]]:
+        """Roll out `repeats` episodes of each listed init state on each task's worker.
+
+        Returns {group_id: (task index, successes)}; `on_batch(batch)` sees every collector batch.
+        """
+        groups: dict[int, tuple[int, int]] = {}
+        self.env.clear_contexts()
+        for w, inits in enumerate(episodes_per_task):
+            queue = []
+            for init in inits:
+                gid, self.next_group = self.next_group, self.next_group + 1
+                groups[gid] = (w, init)
+                queue += [{K.INIT_STATE_ID: init, K.GROUP_ID: gid}] * repeats
+            if queue:
+                push_contexts(self.env, queue, worker=w)
+        results: dict[int, list[bool]] = defaultdict(list)
+        self.collector.reset()  # every worker starts its first queued episode now
+        while any(len(results[g]) < repeats for g in groups):
+            batch = next(self.batches)
+            done = batch.get(("next", "done")).reshape(*batch.shape, -1).any(-1)
+            gids = batch.get(K.GROUP_ID).reshape(*batch.shape)[done].tolist()
+            succ = batch.get(("next", K.SUCCESS)).reshape(*batch.shape, -1).any(-1)[done].tolist()
+            for gid, ok in zip(gids, succ):
+                if gid in groups and len(results[gid]) < repeats:
+                    results[gid].append(bool(ok))
+            if on_batch is not None:
+                on_batch(batch)
+        return {g: (groups[g][0], results[g]) for g in groups}
+
+    def close(self) -> None:
+        self.collector.shutdown()
+        if not self.env.is_closed:
+            self.env.close()
+
+
+def per_task_rate(results: dict[int, tuple[int, list[bool]]], tasks: list[str]) -> dict[str, float]:
+    out: dict[str, list[bool]] = defaultdict(list)
+    for w, oks in results.values():
+        out[tasks[w]] += oks
+    return {t: sum(out[t]) / max(len(out[t]), 1) for t in tasks}
+
+
+def evaluate(runner: Runner, actor: PI0Actor, cfg: LearnConfig) -> dict[str, float]:
+    was_training = actor.training
+    actor.eval()
+    try:
+        with torch.no_grad():
+            results = runner.run([list(cfg.eval_init_states)] * len(runner.tasks), cfg.eval_repeats)
+    finally:
+        actor.train(was_training)
+    return per_task_rate(results, runner.tasks)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, task in enumerate(result["tasks"]):
+        color = f"C{i}"
+        its = [p["iteration"] for p in result["iterations"]]
+        ax.plot(its, [p["train_success"][task] for p in result["iterations"]], color=color, alpha=0.35, label=f"{task} (rollouts)")
+        ev = result["evals"]
+        ax.plot([e["iteration"] for e in ev], [e["success"][task] for e in ev], "o-", color=color, label=f"{task} (held-out, 50 eps)")
+    ax.set_xlabel("RIPT-CFG iteration")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(0, 1)
+    ax.set_title("RIPT-CFG from the shipped tiny PI0 (CPU)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = LearnConfig()
+    for f in LearnConfig.__dataclass_fields__.values():
+        value, flag = getattr(defaults, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, action="store_true")
+        elif isinstance(value, list):
+            parser.add_argument(flag, type=int, nargs="+", default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    cfg = LearnConfig(**vars(parser.parse_args(argv)))
+    if cfg.mode not in ("weighted", "cfg"):
+        parser.error(f"--mode {cfg.mode}: use weighted or cfg")
+    if cfg.group_size < 2:
+        parser.error("--group-size must be >= 2 (leave-one-out advantages need two rollouts)")
+    if set(cfg.train_init_states) & set(cfg.eval_init_states):
+        parser.error("--eval-init-states must not overlap --train-init-states (held-out evaluation)")
+    ckpt = Path(resolve_repo_path(cfg.checkpoint))
+    if not (ckpt / "bc_config.json").is_file():
+        parser.error(f"{ckpt} has no bc_config.json: pass a checkpoint written by recipes/bc_pretrain.py")
+    bc = json.loads((ckpt / "bc_config.json").read_text())
+    tasks, camera_size = list(bc["tasks"]), int(bc["camera_size"])
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(2)
+    actor = PI0Actor.from_pretrained(ckpt, device="cpu", supports_cfg=cfg.mode == "cfg",
+                                     default_guidance=cfg.guidance if cfg.mode == "cfg" else None)
+    norm = NormStats.from_lerobot_checkpoint(ckpt)
+    runner = Runner(cfg, actor, norm, tasks, camera_size)
+    advantage = GroupLOOAdvantage(cfg.group_size)
+    loss_module = RIPTCFGLoss(actor, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, p_uncond=cfg.p_uncond)
+    optimizer = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    buffer = make_replay_buffer(cfg.groups_per_task * len(tasks) * cfg.group_size * 80)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = torch.Generator().manual_seed(cfg.seed + 1)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
+
+    t_eval = time.perf_counter()
+    evals = [{"iteration": 0, "success": evaluate(runner, actor, cfg), "ript_minutes": 0.0}]
+    log(f"start (held-out, {len(cfg.eval_init_states) * cfg.eval_repeats} eps/task, {time.perf_counter() - t_eval:.0f}s): "
+        + ", ".join(f"{t} {r:.2f}" for t, r in evals[0]["success"].items()))
+    iterations: list[dict[str, Any]] = []
+    ript_s = 0.0
+    for it in range(1, cfg.max_iterations + 1):
+        if ript_s >= cfg.minutes * 60:
+            break
+        t0 = time.perf_counter()
+        picks = [[cfg.train_init_states[int(i)] for i in torch.randint(len(cfg.train_init_states), (cfg.groups_per_task,), generator=rng)]
+                 for _ in tasks]
+        advantage.clear()
+        advantage.reset_stats()
+        kept = []
+
+        def feed(batch):
+            res = advantage(batch)
+            if res is not None:
+                kept.append(res)
+
+        actor.eval()
+        with torch.no_grad():
+            results = runner.run(picks, cfg.group_size, on_batch=feed)
+        actor.train()
+        t_collect = time.perf_counter() - t0
+        stats = advantage.stats()
+        metrics: dict[str, float] = {}
+        if kept:
+            data = torch.cat(kept, 0)
+            refill_replay_buffer(buffer, data.select(*stored_keys(actor, data), strict=False))
+            metrics = update_policy(loss_module, buffer, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
+                                    max_grad_norm=1.0, generator=gen)
+        step_s = time.perf_counter() - t0
+        ript_s += step_s
+        point = {"iteration": it, "train_success": per_task_rate(results, tasks), "kept_groups": stats.get("kept_groups", 0),
+                 "dropped_groups": stats.get("dropped_groups", 0), "kept_steps": stats.get("kept_steps", 0),
+                 "loss": metrics.get("loss_mean", metrics.get("fm_loss_mean")), "weight_max": metrics.get("weight_max"),
+                 "collect_s": round(t_collect, 1), "update_s": round(step_s - t_collect, 1), "ript_minutes": round(ript_s / 60, 2)}
+        iterations.append(point)
+        log(f"it {it:2d} rollouts " + ", ".join(f"{t} {r:.2f}" for t, r in point["train_success"].items())
+            + f" | kept {point['kept_groups']} dropped {point['dropped_groups']} steps {point['kept_steps']} "
+            f"| collect {t_collect:.0f}s update {step_s - t_collect:.0f}s | {ript_s / 60:.1f} RIPT min")
+        if cfg.eval_every and it % cfg.eval_every == 0:
+            evals.append({"iteration": it, "success": evaluate(runner, actor, cfg), "ript_minutes": round(ript_s / 60, 2)})
+            log(f"eval it {it}: " + ", ".join(f"{t} {r:.2f}" for t, r in evals[-1]["success"].items()))
+    if evals[-1]["iteration"] != len(iterations):
+        evals.append({"iteration": len(iterations), "success": evaluate(runner, actor, cfg), "ript_minutes": round(ript_s / 60, 2)})
+    runner.close()
+    start, end = evals[0]["success"], evals[-1]["success"]
+    gain = sum(end[t] - start[t] for t in tasks) / len(tasks)
+    result = {"config": asdict(cfg), "tasks": tasks, "evals": evals, "iterations": iterations, "mean_gain": gain,
+              "passes": gain >= 0.20 and all(end[t] >= start[t] for t in tasks)}
+    for t in tasks:
+        log(f"{t}: {start[t]:.2f} -> {end[t]:.2f} ({end[t] - start[t]:+.2f})")
+    log(f"mean gain {gain:+.3f} over {len(iterations)} iterations, {ript_s / 60:.1f} RIPT minutes: "
+        f"{'PASS' if result['passes'] else 'FAIL'} (target +0.20, no task worse)")
+    (out / "learning_libero.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / "learning_libero.png")
+    actor.save_pretrained(out / "final_policy")
+    if cfg.save_results:
+        results_dir = REPO / "benchmarks" / "results"
+        results_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("learning_libero.json", "learning_libero.png"):
+            shutil.copy2(out / name, results_dir / name)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Scripted demos -> LeRobotDataset -> behaviour cloning: the data round-trips and BC learns from it.
+
+One real expert episode (libero_object task 1, init state 0, 32 px cameras) is written by
+recipes/collect_demos.py with lerobot's own writer and read back with lerobot's own loader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import ript.envs  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
+from ript.recipes import bc_pretrain, collect_demos
+
+K_CHUNK = "action_chunk"
+TINY = ["--width", "32", "--depth", "1", "--vision-width", "32", "--vision-layers", "1", "--patch-size", "8", "--threads", "1"]
+
+
+def test_task_specs_parse_or_name_the_format():
+    assert collect_demos.parse_task("libero_goal:8") == ("libero_goal", 8)
+    for bad in ("libero_goal", "libero_goal:x", ":3"):
+        with pytest.raises(ValueError, match="suite:task_id"):
+            collect_demos.parse_task(bad)
+    with pytest.raises(SystemExit):
+        collect_demos.parse_args(["--tasks", "libero_object"])
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demos") / "scripted"
+    cfg = collect_demos.DemoConfig(out=str(out), tasks=["libero_object:1"], init_states=[0], camera_size=32,
+                                   image_size=32, workers=1)
+    summary = collect_demos.collect(cfg, log=lambda msg: None)
+    assert summary["libero_object:1"]["successes"] == 1
+    return out
+
+
+@pytest.mark.slow
+def test_demo_episode_round_trips_through_lerobot_dataset(demo_dir):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from ript.envs import NormStats, make_libero_env
+    from ript.envs import keys as K
+    from ript.envs.scripted_expert import make_expert
+    from ript.envs.transforms import PI0ImageTransform, PI0StateTransform
+
+    episodes = json.loads((demo_dir / collect_demos.EPISODES_FILE).read_text())
+    assert [(e["task"], e["init_state_id"]) for e in episodes] == [("libero_object:1", 0)]
+    ds = LeRobotDataset("ript/scripted_libero", root=demo_dir)
+    assert ds.meta.total_episodes == 1 and len(ds) == episodes[0]["length"] and 80 < len(ds) < 200
+    first = ds[0]
+    assert first["task"] == "pick up the cream cheese and place it in the basket"
+
+    # frame 0 is exactly what the PI0 transforms make of the env's first observation, and
+    # the first actions are the expert's first chunk from the same state
+    env = make_libero_env("libero_object", 1, action_chunk=1, camera_size=32, init_state_mode="fixed", seed=0)
+    try:
+        td = env.reset()
+        seen = PI0ImageTransform(image_size=32)(td.select(K.OBS).clone())
+        stored = (first[collect_demos.IMAGE_KEY] * 255).round().to(torch.uint8)
+        assert torch.equal(stored, seen.get(K.PI0_IMAGE))
+        assert torch.equal((first[collect_demos.WRIST_KEY] * 255).round().to(torch.uint8), seen.get(K.PI0_WRIST_IMAGE))
+        raw = PI0StateTransform(NormStats.identity()).raw_state(td.get(K.EEF_POS), td.get(K.EEF_QUAT), td.get(K.GRIPPER_QPOS))
+        torch.testing.assert_close(first[collect_demos.STATE_KEY], raw)
+        plan = make_expert(env.sim.robosuite_env).act(5)
+        stored_actions = torch.stack([ds[i][collect_demos.ACTION_KEY] for i in range(5)])
+        torch.testing.assert_close(stored_actions, torch.as_tensor(plan, dtype=torch.float32))
+    finally:
+        env.close()
+    # the last action closes the episode: gripper opened over the basket
+    assert ds[len(ds) - 1][collect_demos.ACTION_KEY][6] == -1.0
+
+
+@pytest.mark.slow
+def test_bc_lowers_the_loss_on_a_demo_batch(demo_dir):
+    cfg = bc_pretrain.parse_args(["--dataset", str(demo_dir), "--demo-init-states", "0", "--eval-init-states", "45", *TINY])
+    actor = bc_pretrain.make_actor(cfg, image_size=32)
+    data, norm, info = bc_pretrain.load_demos(cfg, actor)
+    assert info["demos"] == 1 and len(data) == info["frames"]
+    # chunks past the episode end are masked (lerobot's action_is_pad), the rest normalised with the demo stats
+    assert not data["action_mask"][-1, 1:].any() and data["action_mask"][0].all()
+    assert abs(float(data[K_CHUNK][:, :, :7][data["action_mask"]].mean())) < 0.2
+    batch = data[torch.arange(0, len(data), max(1, len(data) // 16))]
+    noise = torch.randn(len(batch), 10, 32, generator=torch.Generator().manual_seed(0))
+    time = torch.full((len(batch),), 0.5)
+    before = actor.per_sample_loss(batch, noise=noise, time=time).mean().item()
+    opt = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(5):
+        loss = actor.per_sample_loss(batch).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = actor.per_sample_loss(batch, noise=noise, time=time).mean().item()
+    assert after < 0.9 * before, (before, after)
+
+
+
+
+
+@pytest.mark.slow
+def test_bc_run_saves_a_checkpoint_the_recipe_loads(demo_dir, tmp_path):
+    from ript.envs import NormStats
+    from ript.recipes.common.config import load_config
+    from ript.recipes.common.factories import make_policy
+
+    out = tmp_path / "ckpt"
+    result = bc_pretrain.main(["--dataset", str(demo_dir), "--out", str(out), "--demo-init-states", "0",
+                               "--eval-init-states", "45", "--steps", "2", "--batch-size", "4", "--eval-every", "0", *TINY])
+    assert result["demos"] == 1 and len(result["curve"]) == 1
+    assert 0.0 <= result["curve"][0]["success"]["libero_object:1"] <= 1.0
+    saved = json.loads((out / "bc_config.json").read_text())
+    assert saved["tasks"] == ["libero_object:1"] and saved["camera_size"] == 32 and saved["curve"] == result["curve"]
+
+    cfg = load_config("quick_test", [f"policy.path={os.path.relpath(out)}", "env.camera_size=32", "policy.num_inference_steps=2"])
+    policy = make_policy(cfg, torch.device("cpu"))
+    assert policy.policy.config.image_resolution == (32, 32) and policy.chunk_size == 10
+    norm = NormStats.from_lerobot_checkpoint(out)
+    # the demo's statistics, not identity: its gripper actions are +-1, its state sits far from 0
+    assert 0.5 < float(norm.action_std[6]) < 1.5 and not torch.allclose(norm.state_mean, torch.zeros(8))
+    assert np.isfinite(norm.state_std.numpy()).all()
