@@ -29,7 +29,6 @@ import json
 import shutil
 import sys
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,17 +37,15 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from torchrl.collectors import Collector
 
 import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
 from ript.algos import GroupLOOAdvantage, RIPTCFGLoss
 from ript.algos.pi0_actor import PI0Actor
 from ript.algos.rollout import make_replay_buffer, refill_replay_buffer, update_policy
-from ript.envs import NormStats, make_libero_env, make_pi0_transforms, push_contexts
-from ript.envs import keys as K
-from ript.recipes.collect_demos import parse_task
+from ript.envs import NormStats
+from ript.recipes.common.multitask import TaskWorkers
 from ript.recipes.common.config import resolve_repo_path
-from ript.recipes.common.factories import SUITE_MAX_STEPS, stored_keys
+from ript.recipes.common.factories import stored_keys
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = "configs/pretrained/tiny_pi0_libero"
@@ -76,77 +73,6 @@ class LearnConfig:
     guidance: float = 1.5
     seed: int = 0
     save_results: bool = False
-
-
-class Runner:
-    """The env workers (one per task), their collector, and episode bookkeeping by group id."""
-
-    def __init__(self, cfg: LearnConfig, actor: PI0Actor, norm: NormStats, tasks: list[str], camera_size: int) -> None:
-        self.tasks = tasks
-        specs = [parse_task(t) for t in tasks]
-        config = actor.policy.config
-        transforms = make_pi0_transforms(norm, image_size=config.image_resolution[0], tokenizer=actor.tokenizer,
-                                         tokenizer_max_length=config.tokenizer_max_length)
-        self.env = make_libero_env(specs[0][0], [t for _, t in specs], suites=[s for s, _ in specs], num_envs=len(specs),
-                                   transforms=transforms, seed=cfg.seed, action_chunk=config.n_action_steps,
-                                   camera_size=camera_size, init_state_mode="fixed")
-        decisions = max(-(-SUITE_MAX_STEPS[s] // config.n_action_steps) for s, _ in specs)
-        self.collector = Collector(self.env, actor, frames_per_batch=len(specs) * decisions, total_frames=-1,
-                                   auto_register_policy_transforms=False)
-        self.batches = iter(self.collector)
-        self.next_group = 1
-
-    def run(self, episodes_per_task: list[list[int]], repeats: int, on_batch=None) -> dict[int, tuple[int, list[bool]]]:
-        """Roll out `repeats` episodes of each listed init state on each task's worker.
-
-        Returns {group_id: (task index, successes)}; `on_batch(batch)` sees every collector batch.
-        """
-        groups: dict[int, tuple[int, int]] = {}
-        self.env.clear_contexts()
-        for w, inits in enumerate(episodes_per_task):
-            queue = []
-            for init in inits:
-                gid, self.next_group = self.next_group, self.next_group + 1
-                groups[gid] = (w, init)
-                queue += [{K.INIT_STATE_ID: init, K.GROUP_ID: gid}] * repeats
-            if queue:
-                push_contexts(self.env, queue, worker=w)
-        results: dict[int, list[bool]] = defaultdict(list)
-        self.collector.reset()  # every worker starts its first queued episode now
-        while any(len(results[g]) < repeats for g in groups):
-            batch = next(self.batches)
-            done = batch.get(("next", "done")).reshape(*batch.shape, -1).any(-1)
-            gids = batch.get(K.GROUP_ID).reshape(*batch.shape)[done].tolist()
-            succ = batch.get(("next", K.SUCCESS)).reshape(*batch.shape, -1).any(-1)[done].tolist()
-            for gid, ok in zip(gids, succ):
-                if gid in groups and len(results[gid]) < repeats:
-                    results[gid].append(bool(ok))
-            if on_batch is not None:
-                on_batch(batch)
-        return {g: (groups[g][0], results[g]) for g in groups}
-
-    def close(self) -> None:
-        self.collector.shutdown()
-        if not self.env.is_closed:
-            self.env.close()
-
-
-def per_task_rate(results: dict[int, tuple[int, list[bool]]], tasks: list[str]) -> dict[str, float]:
-    out: dict[str, list[bool]] = defaultdict(list)
-    for w, oks in results.values():
-        out[tasks[w]] += oks
-    return {t: sum(out[t]) / max(len(out[t]), 1) for t in tasks}
-
-
-def evaluate(runner: Runner, actor: PI0Actor, cfg: LearnConfig) -> dict[str, float]:
-    was_training = actor.training
-    actor.eval()
-    try:
-        with torch.no_grad():
-            results = runner.run([list(cfg.eval_init_states)] * len(runner.tasks), cfg.eval_repeats)
-    finally:
-        actor.train(was_training)
-    return per_task_rate(results, runner.tasks)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -201,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     actor = PI0Actor.from_pretrained(ckpt, device="cpu", supports_cfg=cfg.mode == "cfg",
                                      default_guidance=cfg.guidance if cfg.mode == "cfg" else None)
     norm = NormStats.from_lerobot_checkpoint(ckpt)
-    runner = Runner(cfg, actor, norm, tasks, camera_size)
+    runner = TaskWorkers(actor, norm, tasks, camera_size, seed=cfg.seed)
+    evaluate = lambda: runner.evaluate(actor, cfg.eval_init_states, cfg.eval_repeats)  # noqa: E731
     advantage = GroupLOOAdvantage(cfg.group_size)
     loss_module = RIPTCFGLoss(actor, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, p_uncond=cfg.p_uncond)
     optimizer = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
@@ -213,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
 
     t_eval = time.perf_counter()
-    evals = [{"iteration": 0, "success": evaluate(runner, actor, cfg), "ript_minutes": 0.0}]
+    evals = [{"iteration": 0, "success": evaluate(), "ript_minutes": 0.0}]
     log(f"start (held-out, {len(cfg.eval_init_states) * cfg.eval_repeats} eps/task, {time.perf_counter() - t_eval:.0f}s): "
         + ", ".join(f"{t} {r:.2f}" for t, r in evals[0]["success"].items()))
     iterations: list[dict[str, Any]] = []
@@ -247,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                     max_grad_norm=1.0, generator=gen)
         step_s = time.perf_counter() - t0
         ript_s += step_s
-        point = {"iteration": it, "train_success": per_task_rate(results, tasks), "kept_groups": stats.get("kept_groups", 0),
+        point = {"iteration": it, "train_success": runner.success_by_task(results), "kept_groups": stats.get("kept_groups", 0),
                  "dropped_groups": stats.get("dropped_groups", 0), "kept_steps": stats.get("kept_steps", 0),
                  "loss": metrics.get("loss_mean", metrics.get("fm_loss_mean")), "weight_max": metrics.get("weight_max"),
                  "collect_s": round(t_collect, 1), "update_s": round(step_s - t_collect, 1), "ript_minutes": round(ript_s / 60, 2)}
@@ -256,10 +183,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             + f" | kept {point['kept_groups']} dropped {point['dropped_groups']} steps {point['kept_steps']} "
             f"| collect {t_collect:.0f}s update {step_s - t_collect:.0f}s | {ript_s / 60:.1f} RIPT min")
         if cfg.eval_every and it % cfg.eval_every == 0:
-            evals.append({"iteration": it, "success": evaluate(runner, actor, cfg), "ript_minutes": round(ript_s / 60, 2)})
+            evals.append({"iteration": it, "success": evaluate(), "ript_minutes": round(ript_s / 60, 2)})
             log(f"eval it {it}: " + ", ".join(f"{t} {r:.2f}" for t, r in evals[-1]["success"].items()))
     if evals[-1]["iteration"] != len(iterations):
-        evals.append({"iteration": len(iterations), "success": evaluate(runner, actor, cfg), "ript_minutes": round(ript_s / 60, 2)})
+        evals.append({"iteration": len(iterations), "success": evaluate(), "ript_minutes": round(ript_s / 60, 2)})
     runner.close()
     start, end = evals[0]["success"], evals[-1]["success"]
     gain = sum(end[t] - start[t] for t in tasks) / len(tasks)

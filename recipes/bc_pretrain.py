@@ -43,10 +43,11 @@ from tensordict import TensorDict
 import ript.envs  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
 from ript.algos.pi0_actor import PI0Actor
 from ript.algos.tiny_pi0 import TinyPI0Spec
-from ript.envs import NormStats, make_libero_env, make_pi0_transforms
+from ript.envs import NormStats
 from ript.envs import keys as K
 from ript.envs.transforms import PI0StateTransform, PI0TokenizeTransform
-from ript.recipes.collect_demos import ACTION_KEY, EPISODES_FILE, IMAGE_KEY, STATE_KEY, WRIST_KEY, parse_task
+from ript.recipes.collect_demos import ACTION_KEY, EPISODES_FILE, IMAGE_KEY, STATE_KEY, WRIST_KEY
+from ript.recipes.common.multitask import TaskWorkers
 
 STATE_DIM, ACTION_DIM = 8, 7
 
@@ -180,33 +181,6 @@ def make_actor(cfg: BCConfig, image_size: int) -> PI0Actor:
                          image_size=image_size, num_inference_steps=cfg.num_inference_steps)
 
 
-@torch.no_grad()
-def evaluate(actor: PI0Actor, norm: NormStats, task: str, init_states: list[int], camera_size: int,
-             episodes_per_state: int = 1, seed: int = 0) -> float:
-    """Success rate of the policy on one task ("suite:id"), openpi's protocol, LiberoEnv + PI0 transforms."""
-    suite, task_id = parse_task(task)
-    image_size = actor.policy.config.image_resolution[0]
-    transforms = make_pi0_transforms(norm, image_size=image_size, tokenizer=actor.tokenizer,
-                                     tokenizer_max_length=actor.policy.config.tokenizer_max_length)
-    env = make_libero_env(suite, task_id, action_chunk=actor.policy.config.n_action_steps, camera_size=camera_size,
-                          init_state_mode="fixed", transforms=transforms, seed=seed)
-    was_training = actor.training
-    actor.eval()
-    successes = episodes = 0
-    try:
-        torch.manual_seed(seed)
-        for init in init_states:
-            for _ in range(episodes_per_state):
-                env.push_contexts([{K.INIT_STATE_ID: int(init)}])
-                td = env.rollout(10_000, actor, break_when_any_done=True)
-                successes += bool(td.get(("next", K.SUCCESS)).any())
-                episodes += 1
-    finally:
-        env.close()
-        actor.train(was_training)
-    return successes / max(episodes, 1)
-
-
 def save_checkpoint(actor: PI0Actor, norm: NormStats, cfg: BCConfig, directory: Path, info: dict[str, Any]) -> Path:
     """lerobot-format weights + config, tiny spec, tokenizer, and the demo norm stats as lerobot processors."""
     actor.dataset_stats = norm.lerobot_stats()
@@ -242,24 +216,28 @@ def train(cfg: BCConfig, log=print) -> dict[str, Any]:
     meta = {"demos": info["demos"], "demos_per_task": info["demos_per_task"], "frames": info["frames"],
             "params": n_params, "camera_size": camera_size, "tasks": tasks}
     t_train, losses = time.perf_counter(), []
-    for step in range(1, cfg.steps + 1):
-        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
-        batch = data[idx].clone()
-        for key in (K.PI0_IMAGE, K.PI0_WRIST_IMAGE):
-            batch.set(key, random_shift(batch.get(key), cfg.shift_px, gen))
-        loss = actor.per_sample_loss(batch).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            log(f"step {step}/{cfg.steps} loss {np.mean(losses[-50:]):.4f} ({(time.perf_counter() - t_train) / step:.2f} s/step)")
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+    workers: TaskWorkers | None = None  # one env worker per task, built at the first evaluation
+    try:
+        for step in range(1, cfg.steps + 1):
+            idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
+            batch = data[idx].clone()
+            for key in (K.PI0_IMAGE, K.PI0_WRIST_IMAGE):
+                batch.set(key, random_shift(batch.get(key), cfg.shift_px, gen))
+            loss = actor.per_sample_loss(batch).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            if step % 50 == 0:
+                log(f"step {step}/{cfg.steps} loss {np.mean(losses[-50:]):.4f} ({(time.perf_counter() - t_train) / step:.2f} s/step)")
+            if not ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
+                continue
             minutes = (time.perf_counter() - t_train) / 60
             t_eval = time.perf_counter()
-            rates = {task: evaluate(actor, norm, task, cfg.eval_init_states, camera_size) for task in tasks}
+            workers = workers or TaskWorkers(actor, norm, tasks, camera_size, seed=cfg.seed)
+            rates = workers.evaluate(actor, cfg.eval_init_states)
             point = {"step": step, "train_minutes": round(minutes, 2), "success": rates, "loss": float(np.mean(losses[-50:]))}
             curve.append(point)
             log(f"eval step {step} ({minutes:.1f} train min): " + ", ".join(f"{t} {r:.2f}" for t, r in rates.items())
@@ -267,6 +245,9 @@ def train(cfg: BCConfig, log=print) -> dict[str, Any]:
             save_checkpoint(actor, norm, cfg, out if step == cfg.steps else out.parent / f"{out.name}_step{step}",
                             {"curve": curve, **meta})
             t_train += time.perf_counter() - t_eval  # training minutes exclude evaluation
+    finally:
+        if workers is not None:
+            workers.close()
     return {"curve": curve, "out": out, **meta}
 
 

@@ -36,6 +36,8 @@ if __package__ in (None, ""):  # run as a script: make `ript` importable from a 
 import numpy as np
 import torch
 
+from ript.recipes.common.multitask import parse_task
+
 DEFAULT_TASKS = ["libero_spatial:2", "libero_object:1", "libero_goal:8"]
 FPS = 20  # LIBERO's control frequency
 IMAGE_KEY, WRIST_KEY = "observation.images.image", "observation.images.wrist_image"
@@ -58,14 +60,6 @@ class DemoConfig:
     n_action_steps: int = 5  # expert replans every this many steps, like the policy
     workers: int = 2
     overwrite: bool = False
-
-
-def parse_task(spec: str) -> tuple[str, int]:
-    """"libero_object:1" -> ("libero_object", 1), with a one-line error naming the format."""
-    suite, sep, task = spec.partition(":")
-    if not suite or not sep or not task.isdigit():
-        raise ValueError(f"task {spec!r} is not 'suite:task_id' (e.g. libero_object:1)")
-    return suite, int(task)
 
 
 def dataset_features(image_size: int) -> dict[str, dict[str, Any]]:
@@ -114,7 +108,7 @@ def expert_episode(env: Any, image_transform: Any, state_transform: Any, init_st
     }
 
 
-def _worker(task_spec: str, cfg_dict: dict[str, Any], queue: Any, parent: int) -> None:
+def _worker(task_spec: str, cfg_dict: dict[str, Any], queue: Any, parent: int | None = None) -> None:
     """Runs one task's episodes and sends each back (the parent alone writes the dataset)."""
     try:
         import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
@@ -129,7 +123,7 @@ def _worker(task_spec: str, cfg_dict: dict[str, Any], queue: Any, parent: int) -
         state_tf = PI0StateTransform(NormStats.identity(len(STATE_NAMES), len(ACTION_NAMES)))
         try:
             for init in cfg.init_states:
-                if os.getppid() != parent:  # the parent was killed: do not simulate for nobody
+                if parent is not None and os.getppid() != parent:  # the parent was killed: stop
                     return
                 t0 = time.perf_counter()
                 episode = expert_episode(env, image_tf, state_tf, init, cfg.n_action_steps)

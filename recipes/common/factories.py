@@ -7,6 +7,7 @@ only when `env.kind=libero`, so toy runs start in about a second.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -74,6 +75,7 @@ def make_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
         path = resolve_repo_path(p.path)  # relative paths also resolve from the repo root
         if not Path(path).is_dir():
             raise ConfigError(f"policy.path={p.path} is not a directory: point it at a local lerobot PI0 checkpoint")
+        check_trained_camera_size(cfg, Path(path))
         actor = PI0Actor.from_pretrained(
             path,
             tokenizer_path=p.tokenizer_path,
@@ -107,6 +109,16 @@ def make_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
         device=str(device),
     )
     return actor.to(device)
+
+
+def check_trained_camera_size(cfg: RIPTConfig, path: Path) -> None:
+    """A checkpoint cloned by bc_pretrain saw one rendering size: a different env.camera_size changes every pixel."""
+    info = path / "bc_config.json"
+    if cfg.env.kind != "libero" or not info.is_file():
+        return
+    trained = json.loads(info.read_text()).get("camera_size")
+    if trained is not None and int(trained) != cfg.env.camera_size:
+        raise ConfigError(f"env.camera_size={cfg.env.camera_size} but {path.name} was trained on {trained} px renders: set env.camera_size={trained}")
 
 
 def policy_image_size(policy: FlowMatchingPolicy) -> int:

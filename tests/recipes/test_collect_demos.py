@@ -104,7 +104,7 @@ def test_bc_lowers_the_loss_on_a_demo_batch(demo_dir):
 @pytest.mark.slow
 def test_bc_run_saves_a_checkpoint_the_recipe_loads(demo_dir, tmp_path):
     from ript.envs import NormStats
-    from ript.recipes.common.config import load_config
+    from ript.recipes.common.config import ConfigError, load_config
     from ript.recipes.common.factories import make_policy
 
     out = tmp_path / "ckpt"
@@ -115,6 +115,8 @@ def test_bc_run_saves_a_checkpoint_the_recipe_loads(demo_dir, tmp_path):
     saved = json.loads((out / "bc_config.json").read_text())
     assert saved["tasks"] == ["libero_object:1"] and saved["camera_size"] == 32 and saved["curve"] == result["curve"]
 
+    with pytest.raises(ConfigError, match="set env.camera_size=32"):
+        make_policy(load_config("quick_test", [f"policy.path={os.path.relpath(out)}", "env.camera_size=64"]), torch.device("cpu"))
     cfg = load_config("quick_test", [f"policy.path={os.path.relpath(out)}", "env.camera_size=32", "policy.num_inference_steps=2"])
     policy = make_policy(cfg, torch.device("cpu"))
     assert policy.policy.config.image_resolution == (32, 32) and policy.chunk_size == 10

@@ -1,0 +1,102 @@
+"""One LIBERO worker per task (tasks may come from different suites), driven by a torchrl Collector.
+
+Shared by `recipes/bc_pretrain.py` (held-out evaluation of every task in parallel) and
+`benchmarks/learning_libero.py` (RIPT-CFG groups and evaluation across tasks). Each
+worker runs only its own task, so a task never waits for a simulator rebuild; episodes
+are queued per worker as (init state, group id) contexts and counted by group id.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.collectors import Collector
+
+from ript.envs import NormStats, make_libero_env, make_pi0_transforms, push_contexts
+from ript.envs import keys as K
+
+from .factories import SUITE_MAX_STEPS
+
+Results = dict[int, tuple[int, list[bool]]]  # group id -> (task index, successes)
+
+
+def parse_task(spec: str) -> tuple[str, int]:
+    """"libero_object:1" -> ("libero_object", 1), with a one-line error naming the format."""
+    suite, sep, task = spec.partition(":")
+    if not suite or not sep or not task.isdigit():
+        raise ValueError(f"task {spec!r} is not 'suite:task_id' (e.g. libero_object:1)")
+    return suite, int(task)
+
+
+class TaskWorkers:
+    """A ParallelEnv with one LiberoEnv + PI0 transforms per task, and its Collector."""
+
+    def __init__(self, actor: Any, norm: NormStats, tasks: Sequence[str], camera_size: int, seed: int = 0) -> None:
+        self.tasks = list(tasks)
+        specs = [parse_task(t) for t in self.tasks]
+        config = actor.policy.config
+        transforms = make_pi0_transforms(norm, image_size=config.image_resolution[0], tokenizer=actor.tokenizer,
+                                         tokenizer_max_length=config.tokenizer_max_length)
+        self.env = make_libero_env(specs[0][0], [t for _, t in specs], suites=[s for s, _ in specs], num_envs=len(specs),
+                                   parallel=len(specs) > 1, transforms=transforms, seed=seed,
+                                   action_chunk=config.n_action_steps, camera_size=camera_size, init_state_mode="fixed")
+        decisions = max(-(-SUITE_MAX_STEPS[s] // config.n_action_steps) for s, _ in specs)
+        self.collector = Collector(self.env, actor, frames_per_batch=len(specs) * decisions, total_frames=-1,
+                                   auto_register_policy_transforms=False)
+        self.batches = iter(self.collector)
+        self.next_group = 1
+
+    def run(self, init_states_per_task: Sequence[Sequence[int]], repeats: int,
+            on_batch: Callable[[TensorDictBase], None] | None = None) -> Results:
+        """`repeats` episodes (one group) from each listed init state on each task's worker.
+
+        `on_batch(batch)` sees every collector batch (e.g. a GroupLOOAdvantage).
+        """
+        groups: dict[int, int] = {}
+        self.env.clear_contexts()
+        for w, inits in enumerate(init_states_per_task):
+            queue = []
+            for init in inits:
+                gid, self.next_group = self.next_group, self.next_group + 1
+                groups[gid] = w
+                queue += [{K.INIT_STATE_ID: int(init), K.GROUP_ID: gid}] * repeats
+            if queue:
+                push_contexts(self.env, queue, worker=w)
+        results: dict[int, list[bool]] = defaultdict(list)
+        self.collector.reset()  # every worker starts its first queued episode now
+        while any(len(results[g]) < repeats for g in groups):
+            batch = next(self.batches)
+            done = batch.get(("next", "done")).reshape(*batch.shape, -1).any(-1)
+            gids = batch.get(K.GROUP_ID).reshape(*batch.shape)[done].tolist()
+            succ = batch.get(("next", K.SUCCESS)).reshape(*batch.shape, -1).any(-1)[done].tolist()
+            for gid, ok in zip(gids, succ):
+                if gid in groups and len(results[gid]) < repeats:
+                    results[gid].append(bool(ok))
+            if on_batch is not None:
+                on_batch(batch)
+        return {g: (groups[g], results[g]) for g in groups}
+
+    def success_by_task(self, results: Results) -> dict[str, float]:
+        per: dict[str, list[bool]] = defaultdict(list)
+        for w, oks in results.values():
+            per[self.tasks[w]] += oks
+        return {t: sum(per[t]) / max(len(per[t]), 1) for t in self.tasks}
+
+    @torch.no_grad()
+    def evaluate(self, actor: Any, init_states: Sequence[int], repeats: int = 1) -> dict[str, float]:
+        """Success rate per task over init_states x repeats episodes (policy in eval mode)."""
+        was_training = actor.training
+        actor.eval()
+        try:
+            return self.success_by_task(self.run([list(init_states)] * len(self.tasks), repeats))
+        finally:
+            actor.train(was_training)
+
+    def close(self) -> None:
+        self.collector.shutdown()
+        if not self.env.is_closed:
+            self.env.close()
