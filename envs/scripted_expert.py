@@ -66,6 +66,7 @@ class ExpertParams:
     hand_half_length: float = 0.09  # hand footprint along the finger axis (half), m
     hand_half_width: float = 0.03  # hand footprint across it (half), m
     hand_above_grip: float = 0.03  # hand's lowest point above the grip site, m
+    fingertip_below_grip: float = 0.01  # fingertips below the grip site, m
     max_opening: float = 0.072  # widest chord the open fingers may straddle, m
 
 
@@ -287,7 +288,8 @@ class PickPlaceExpert:
         p = self.params
         radius = min(size[0], size[1]) / 2.0 - p.rim_inset
         grasp_z = float(centre[2] + size[2] / 2.0) - p.rim_depth
-        obstacles = self._obstacles(grasp_z + p.hand_above_grip)
+        # the outer finger reaches below the rim: low neighbours (a stove's burner) block it too
+        obstacles = self._obstacles(grasp_z - p.fingertip_below_grip)
         robot_side = float(np.arctan2(-centre[1], -0.6 - centre[0]))  # the arm's base sits at about x = -0.6
         best, best_score = (centre[:2], robot_side), -np.inf
         for dtheta in np.deg2rad([0, 20, -20, 40, -40, 60, -60, 90, -90]):

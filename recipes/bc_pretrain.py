@@ -5,9 +5,10 @@ sometimes succeed (roughly 20-60%). Real PI0 LIBERO weights cannot be downloaded
 so this recipe builds one, reproducibly, on a CPU:
 
   1. demos: the LeRobotDataset written by `recipes/collect_demos.py` (scripted experts on
-     several LIBERO tasks), read with lerobot's own loader; its `delta_timestamps` give
-     each frame the next chunk_size actions and `action_is_pad` masks the steps past the
-     episode end (lerobot 0.6.1's PI0 loss has no such mask: `per_sample_loss` applies it)
+     several LIBERO tasks), read through lerobot's LeRobotDataset; each frame gets the next
+     chunk_size actions and a mask of the steps past the episode end, exactly as lerobot's
+     `delta_timestamps` / `action_is_pad` give them (lerobot 0.6.1's PI0 loss has no such
+     mask: `per_sample_loss` applies it)
   2. norm stats: the dataset's own mean/std of the raw 8-dim state and 7-dim actions
   3. frames already hold what PI0 sees (images rotated and resize-with-padded by the PI0
      image transform); the state is normalised and padded, and each task's instruction
@@ -107,16 +108,46 @@ def demo_norm_stats(dataset: Any) -> NormStats:
     )
 
 
+def decode_images(column: Any) -> torch.Tensor:
+    """A LeRobotDataset image column (arrow structs of PNG bytes) -> uint8 [N, 3, H, W]."""
+    import io
+
+    from PIL import Image
+
+    arrays = [np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("RGB")) for cell in column.to_pylist()]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def action_chunks(actions: torch.Tensor, episode: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next `chunk_size` actions of every frame, within its episode, and which are real.
+
+    Same result as lerobot's `delta_timestamps={"action": [0, 1/fps, ...]}`: past the
+    episode's end the last action is repeated and marked as padding (`action_is_pad`);
+    computed on whole columns because lerobot's per-item query is about 0.4 s a frame here.
+    """
+    n = len(actions)
+    offsets = torch.arange(chunk_size)
+    idx = torch.arange(n)[:, None] + offsets[None]  # [N, chunk]
+    last = torch.zeros(n, dtype=torch.long)  # index of each frame's episode end
+    change = torch.nonzero(episode[1:] != episode[:-1]).flatten()
+    ends = torch.cat([change, torch.tensor([n - 1])])
+    starts = torch.cat([torch.tensor([0]), change + 1])
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        last[a: b + 1] = b
+    valid = idx <= last[:, None]
+    return actions[torch.minimum(idx, last[:, None])], valid
+
+
 def load_demos(cfg: BCConfig, actor: PI0Actor) -> tuple[TensorDict, NormStats, dict[str, Any]]:
     """Every frame of the chosen episodes as the policy sees it, with its next-chunk target.
 
     Returns (samples [N], norm stats, info). Samples hold uint8 PI0 images, the normalised
     padded state, the instruction's tokens, the normalised padded action chunk and its mask.
+    The dataset is read column-wise through lerobot's LeRobotDataset (its arrow table).
     """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     info = demo_info(cfg)
-    fps = 20
     wanted = set(cfg.demo_init_states)
     chosen, per_task = [], {}
     for ep in info["episodes"]:
@@ -125,35 +156,32 @@ def load_demos(cfg: BCConfig, actor: PI0Actor) -> tuple[TensorDict, NormStats, d
             per_task[ep["task"]] = per_task.get(ep["task"], 0) + 1
     if not chosen:
         raise ValueError(f"no demo in {cfg.dataset} starts from --demo-init-states {cfg.demo_init_states}")
-    dataset = LeRobotDataset(cfg.repo_id, root=cfg.dataset, episodes=chosen,
-                             delta_timestamps={ACTION_KEY: [i / fps for i in range(cfg.chunk_size)]})
+    dataset = LeRobotDataset(cfg.repo_id, root=cfg.dataset)
+    table = dataset.hf_dataset.with_format("arrow")[:]
+    episode = torch.as_tensor(table.column("episode_index").to_numpy().copy())
+    rows = torch.nonzero(torch.isin(episode, torch.as_tensor(chosen))).flatten()
+    table = table.take(rows.numpy())
+    episode = episode[rows]
     norm = demo_norm_stats(dataset)
-    state_tf = PI0StateTransform(norm)
+    state = torch.as_tensor(np.stack(table.column(STATE_KEY).to_numpy(zero_copy_only=False)), dtype=torch.float32)
+    actions = torch.as_tensor(np.stack(table.column(ACTION_KEY).to_numpy(zero_copy_only=False)), dtype=torch.float32)
+    chunks, mask = action_chunks(actions, episode, cfg.chunk_size)
     tokenize = PI0TokenizeTransform(actor.tokenizer, max_length=actor.policy.config.tokenizer_max_length)
-    tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("image", "wrist", "state", "chunk", "mask", "tokens", "lmask")}
-    for i in range(len(dataset)):
-        item = dataset[i]
-        task = item["task"]
-        if task not in tokens:
-            td = tokenize(TensorDict({K.TASK: task}, batch_size=[]))
-            tokens[task] = (td.get(K.LANG_TOKENS), td.get(K.LANG_MASK))
-        cols["image"].append((item[IMAGE_KEY] * 255).round().to(torch.uint8))
-        cols["wrist"].append((item[WRIST_KEY] * 255).round().to(torch.uint8))
-        cols["state"].append(item[STATE_KEY])
-        cols["chunk"].append(item[ACTION_KEY])
-        cols["mask"].append(~item["action_is_pad"])
-        cols["tokens"].append(tokens[task][0])
-        cols["lmask"].append(tokens[task][1])
-    state = torch.stack(cols["state"])
-    chunks = torch.nn.functional.pad(norm.normalize_action(torch.stack(cols["chunk"])), (0, 32 - ACTION_DIM))
+    names = {int(i): str(t) for t, i in zip(dataset.meta.tasks.index, dataset.meta.tasks["task_index"])}
+    task_index = torch.as_tensor(table.column("task_index").to_numpy().copy())
+    tokens, lmask = {}, {}
+    for i, name in names.items():
+        td = tokenize(TensorDict({K.TASK: name}, batch_size=[]))
+        tokens[i], lmask[i] = td.get(K.LANG_TOKENS), td.get(K.LANG_MASK)
     samples = TensorDict({
-        K.PI0_IMAGE: torch.stack(cols["image"]), K.PI0_WRIST_IMAGE: torch.stack(cols["wrist"]),
-        K.PI0_STATE: state_tf.normalize_padded(state),
-        K.LANG_TOKENS: torch.stack(cols["tokens"]), K.LANG_MASK: torch.stack(cols["lmask"]),
-        K.ACTION_CHUNK: chunks, "action_mask": torch.stack(cols["mask"]),
-    }, batch_size=[len(dataset)])
-    info.update(demos=len(chosen), demos_per_task=per_task, frames=len(dataset))
+        K.PI0_IMAGE: decode_images(table.column(IMAGE_KEY)), K.PI0_WRIST_IMAGE: decode_images(table.column(WRIST_KEY)),
+        K.PI0_STATE: PI0StateTransform(norm).normalize_padded(state),
+        K.LANG_TOKENS: torch.stack([tokens[int(i)] for i in task_index]),
+        K.LANG_MASK: torch.stack([lmask[int(i)] for i in task_index]),
+        K.ACTION_CHUNK: torch.nn.functional.pad(norm.normalize_action(chunks), (0, 32 - ACTION_DIM)),
+        "action_mask": mask,
+    }, batch_size=[len(rows)])
+    info.update(demos=len(chosen), demos_per_task=per_task, frames=len(rows))
     return samples, norm, info
 
 

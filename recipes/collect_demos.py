@@ -60,6 +60,7 @@ class DemoConfig:
     n_action_steps: int = 5  # expert replans every this many steps, like the policy
     workers: int = 2
     overwrite: bool = False
+    measure_only: bool = False  # run the experts and report their success; write no dataset
 
 
 def dataset_features(image_size: int) -> dict[str, dict[str, Any]]:
@@ -108,6 +109,26 @@ def expert_episode(env: Any, image_transform: Any, state_transform: Any, init_st
     }
 
 
+def expert_success(env: Any, init_state_id: int, n_action_steps: int) -> dict[str, Any]:
+    """The expert's outcome alone (no frames): whole chunks per env step, so only decisions render."""
+    from ript.envs import keys as K
+    from ript.envs.scripted_expert import make_expert
+
+    env.push_contexts([{K.INIT_STATE_ID: int(init_state_id)}])
+    td = env.reset()
+    expert = make_expert(env.sim.robosuite_env)
+    steps = 0
+    while True:
+        td = env.step(td.set("action", torch.as_tensor(expert.act(n_action_steps), dtype=torch.float32)))
+        nxt = td.get("next")
+        steps += int(nxt.get(K.STEPS_EXECUTED).item())
+        if bool(nxt.get("done").item()):
+            break
+        td = nxt.exclude("reward", "done", "terminated", "truncated").clone()
+    return {"action": np.zeros((steps, 0)), "success": bool(nxt.get(K.SUCCESS).item()), "init_state_id": int(init_state_id),
+            "instruction": str(env.sim.instruction)}
+
+
 def _worker(task_spec: str, cfg_dict: dict[str, Any], queue: Any, parent: int | None = None) -> None:
     """Runs one task's episodes and sends each back (the parent alone writes the dataset)."""
     try:
@@ -118,7 +139,8 @@ def _worker(task_spec: str, cfg_dict: dict[str, Any], queue: Any, parent: int | 
         torch.set_num_threads(1)
         cfg = DemoConfig(**cfg_dict)
         suite, task = parse_task(task_spec)
-        env = make_libero_env(suite, task, action_chunk=1, camera_size=cfg.camera_size, init_state_mode="fixed", seed=0)
+        chunk = cfg.n_action_steps if cfg.measure_only else 1
+        env = make_libero_env(suite, task, action_chunk=chunk, camera_size=cfg.camera_size, init_state_mode="fixed", seed=0)
         image_tf = PI0ImageTransform(image_size=cfg.image_size)
         state_tf = PI0StateTransform(NormStats.identity(len(STATE_NAMES), len(ACTION_NAMES)))
         try:
@@ -126,7 +148,10 @@ def _worker(task_spec: str, cfg_dict: dict[str, Any], queue: Any, parent: int | 
                 if parent is not None and os.getppid() != parent:  # the parent was killed: stop
                     return
                 t0 = time.perf_counter()
-                episode = expert_episode(env, image_tf, state_tf, init, cfg.n_action_steps)
+                if cfg.measure_only:
+                    episode = expert_success(env, init, cfg.n_action_steps)
+                else:
+                    episode = expert_episode(env, image_tf, state_tf, init, cfg.n_action_steps)
                 episode.update(task=task_spec, seconds=time.perf_counter() - t0)
                 queue.put(("episode", episode))
         finally:
@@ -143,12 +168,14 @@ def collect(cfg: DemoConfig, log=print) -> dict[str, Any]:
     for spec in cfg.tasks:
         parse_task(spec)
     out = Path(cfg.out)
-    if out.exists():
-        if not cfg.overwrite:
-            raise FileExistsError(f"{out} exists: pass --overwrite to replace it or choose another --out")
-        shutil.rmtree(out)
-    dataset = LeRobotDataset.create(cfg.repo_id, fps=FPS, features=dataset_features(cfg.image_size), root=out,
-                                    robot_type="panda", use_videos=False)
+    dataset = None
+    if not cfg.measure_only:
+        if out.exists():
+            if not cfg.overwrite:
+                raise FileExistsError(f"{out} exists: pass --overwrite to replace it or choose another --out")
+            shutil.rmtree(out)
+        dataset = LeRobotDataset.create(cfg.repo_id, fps=FPS, features=dataset_features(cfg.image_size), root=out,
+                                        robot_type="panda", use_videos=False)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue(maxsize=4)
     pending = list(cfg.tasks)
@@ -173,6 +200,7 @@ def collect(cfg: DemoConfig, log=print) -> dict[str, Any]:
             if ep["success"]:
                 s["success"] += 1
                 s["steps"].append(len(ep["action"]))
+            if ep["success"] and dataset is not None:
                 for t in range(len(ep["action"])):
                     dataset.add_frame({IMAGE_KEY: ep["image"][t], WRIST_KEY: ep["wrist"][t], STATE_KEY: ep["state"][t],
                                        ACTION_KEY: ep["action"][t], "task": ep["instruction"]})
@@ -184,17 +212,21 @@ def collect(cfg: DemoConfig, log=print) -> dict[str, Any]:
     finally:
         for proc in running.values():
             proc.kill()
-        dataset.finalize()
+        if dataset is not None:
+            dataset.finalize()
     summary = {
         spec: {"success_rate": s["success"] / max(s["episodes"], 1), "successes": s["success"], "episodes": s["episodes"],
                "mean_steps": float(np.mean(s["steps"])) if s["steps"] else None}
         for spec, s in stats.items()
     }
+    for spec, s in summary.items():
+        log(f"expert {spec}: {s['successes']}/{s['episodes']} ({s['success_rate']:.0%}), mean {s['mean_steps']} steps")
+    if dataset is None:
+        log(f"measured only, nothing written ({time.perf_counter() - t0:.0f}s)")
+        return summary
     (out / "expert_success.json").write_text(json.dumps(summary, indent=2))
     (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     (out / EPISODES_FILE).write_text(json.dumps(episodes, indent=1))
-    for spec, s in summary.items():
-        log(f"expert {spec}: {s['successes']}/{s['episodes']} ({s['success_rate']:.0%}), mean {s['mean_steps']} steps")
     log(f"{dataset.meta.total_episodes} episodes, {dataset.meta.total_frames} frames in {out} "
         f"({time.perf_counter() - t0:.0f}s)")
     return summary

@@ -81,7 +81,15 @@ def test_bc_lowers_the_loss_on_a_demo_batch(demo_dir):
     actor = bc_pretrain.make_actor(cfg, image_size=32)
     data, norm, info = bc_pretrain.load_demos(cfg, actor)
     assert info["demos"] == 1 and len(data) == info["frames"]
-    # chunks past the episode end are masked (lerobot's action_is_pad), the rest normalised with the demo stats
+    # chunks and their padding mask are what lerobot's own delta_timestamps query returns
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset("ript/scripted_libero", root=demo_dir, delta_timestamps={"action": [i / 20 for i in range(10)]})
+    for i in (0, len(ds) // 2, len(ds) - 4, len(ds) - 1):
+        item = ds[i]
+        assert torch.equal(data["action_mask"][i], ~item["action_is_pad"])
+        torch.testing.assert_close(data[K_CHUNK][i, :, :7], norm.normalize_action(item["action"]))
+        assert torch.equal(data["observation", "image"][i], (item[collect_demos.IMAGE_KEY] * 255).round().to(torch.uint8))
     assert not data["action_mask"][-1, 1:].any() and data["action_mask"][0].all()
     assert abs(float(data[K_CHUNK][:, :, :7][data["action_mask"]].mean())) < 0.2
     batch = data[torch.arange(0, len(data), max(1, len(data) // 16))]
