@@ -64,7 +64,7 @@ class LearnConfig:
     mode: str = "weighted"
     group_size: int = 4
     groups_per_task: int = 2
-    lr: float = 3e-5
+    lr: float = 1e-4
     epochs: int = 2
     minibatch_size: int = 32
     temperature: float = 1.0
