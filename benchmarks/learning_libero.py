@@ -24,7 +24,6 @@ Prints success per task and iteration, writes <out>/learning_libero.json and .pn
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -44,6 +43,7 @@ from ript.algos.pi0_actor import PI0Actor
 from ript.algos.rollout import make_replay_buffer, refill_replay_buffer, update_policy
 from ript.envs import NormStats
 from ript.recipes.common.multitask import TaskWorkers
+from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.config import resolve_repo_path
 from ript.recipes.common.factories import stored_keys
 
@@ -99,16 +99,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    defaults = LearnConfig()
-    for f in LearnConfig.__dataclass_fields__.values():
-        value, flag = getattr(defaults, f.name), "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            parser.add_argument(flag, action="store_true")
-        elif isinstance(value, list):
-            parser.add_argument(flag, type=int, nargs="+", default=value)
-        else:
-            parser.add_argument(flag, type=type(value), default=value)
+    parser = dataclass_parser(LearnConfig, __doc__.splitlines()[0])
     cfg = LearnConfig(**vars(parser.parse_args(argv)))
     if cfg.mode not in ("weighted", "cfg"):
         parser.error(f"--mode {cfg.mode}: use weighted or cfg")

@@ -26,7 +26,6 @@ so this recipe builds one, reproducibly, on a CPU:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -48,6 +47,7 @@ from ript.envs import NormStats
 from ript.envs import keys as K
 from ript.envs.transforms import PI0StateTransform, PI0TokenizeTransform
 from ript.recipes.collect_demos import ACTION_KEY, EPISODES_FILE, IMAGE_KEY, STATE_KEY, WRIST_KEY
+from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.multitask import TaskWorkers
 
 STATE_DIM, ACTION_DIM = 8, 7
@@ -280,15 +280,7 @@ def train(cfg: BCConfig, log=print) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> BCConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    defaults = BCConfig()
-    for f in BCConfig.__dataclass_fields__.values():
-        value = getattr(defaults, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, list):
-            parser.add_argument(flag, type=int, nargs="+", default=value)
-        else:
-            parser.add_argument(flag, type=type(value), default=value)
+    parser = dataclass_parser(BCConfig, __doc__.split("\n")[0])
     args = parser.parse_args(argv)
     cfg = BCConfig(**vars(args))
     if cfg.steps < 1 or cfg.batch_size < 1:

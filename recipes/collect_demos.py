@@ -19,7 +19,6 @@ per task is printed and saved to `<out>/expert_success.json`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -36,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: make `ript` importable from a 
 import numpy as np
 import torch
 
+from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.multitask import parse_task
 
 DEFAULT_TASKS = ["libero_spatial:2", "libero_object:1", "libero_goal:8"]
@@ -104,7 +104,7 @@ def expert_episode(env: Any, image_transform: Any, state_transform: Any, init_st
         td = nxt.exclude("reward", "done", "terminated", "truncated").clone()
     return {
         "image": np.stack(images), "wrist": np.stack(wrists), "state": np.stack(states).astype(np.float32),
-        "action": np.stack(actions), "success": success, "init_state_id": int(init_state_id),
+        "action": np.stack(actions), "steps": len(actions), "success": success, "init_state_id": int(init_state_id),
         "instruction": str(env.sim.instruction),
     }
 
@@ -125,7 +125,7 @@ def expert_success(env: Any, init_state_id: int, n_action_steps: int) -> dict[st
         if bool(nxt.get("done").item()):
             break
         td = nxt.exclude("reward", "done", "terminated", "truncated").clone()
-    return {"action": np.zeros((steps, 0)), "success": bool(nxt.get(K.SUCCESS).item()), "init_state_id": int(init_state_id),
+    return {"steps": steps, "success": bool(nxt.get(K.SUCCESS).item()), "init_state_id": int(init_state_id),
             "instruction": str(env.sim.instruction)}
 
 
@@ -199,16 +199,16 @@ def collect(cfg: DemoConfig, log=print) -> dict[str, Any]:
             s["episodes"] += 1
             if ep["success"]:
                 s["success"] += 1
-                s["steps"].append(len(ep["action"]))
+                s["steps"].append(ep["steps"])
             if ep["success"] and dataset is not None:
-                for t in range(len(ep["action"])):
+                for t in range(ep["steps"]):
                     dataset.add_frame({IMAGE_KEY: ep["image"][t], WRIST_KEY: ep["wrist"][t], STATE_KEY: ep["state"][t],
                                        ACTION_KEY: ep["action"][t], "task": ep["instruction"]})
                 dataset.save_episode()
                 episodes.append({"episode_index": len(episodes), "task": ep["task"], "init_state_id": ep["init_state_id"],
-                                 "instruction": ep["instruction"], "length": len(ep["action"])})
+                                 "instruction": ep["instruction"], "length": ep["steps"]})
             log(f"{ep['task']} init {ep['init_state_id']}: {'ok' if ep['success'] else 'FAILED'} in "
-                f"{len(ep['action'])} steps ({ep['seconds']:.1f}s)")
+                f"{ep['steps']} steps ({ep['seconds']:.1f}s)")
     finally:
         for proc in running.values():
             proc.kill()
@@ -233,16 +233,7 @@ def collect(cfg: DemoConfig, log=print) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> DemoConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    defaults = DemoConfig()
-    for f in DemoConfig.__dataclass_fields__.values():
-        value, flag = getattr(defaults, f.name), "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            parser.add_argument(flag, action="store_true")
-        elif isinstance(value, list):
-            parser.add_argument(flag, type=type(value[0]), nargs="+", default=value)
-        else:
-            parser.add_argument(flag, type=type(value), default=value)
+    parser = dataclass_parser(DemoConfig, __doc__.split("\n")[0])
     cfg = DemoConfig(**vars(parser.parse_args(argv)))
     try:
         for spec in cfg.tasks:
