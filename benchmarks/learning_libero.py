@@ -28,6 +28,7 @@ import json
 import shutil
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,13 @@ class LearnConfig:
     lr: float = 1e-4
     epochs: int = 2
     minibatch_size: int = 32
+    buffer_iterations: int = 1  # train on the kept steps of the last N iterations (1 = on-policy; >1 as AWR's FIFO buffer)
     temperature: float = 1.0
     w_max: float = 5.0
     p_uncond: float = 0.1
     guidance: float = 1.5
     seed: int = 0
+    reuse_start: str = ""  # a learning_libero.json from the same checkpoint, seed and held-out states: reuse its start evaluation
     save_results: bool = False
 
 
@@ -98,11 +101,27 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def reused_start(cfg: LearnConfig, tasks: list[str]) -> dict[str, float]:
+    """The start evaluation of an earlier run, if it measured the same thing (same checkpoint, seed, held-out episodes).
+
+    Evaluation is deterministic for a seed, and it is the slowest part on a CPU (about 25 minutes for 50
+    episodes of three tasks): reusing it lets a second RIPT setting start from the same, already measured policy.
+    """
+    prev = json.loads(Path(cfg.reuse_start).read_text())
+    same = ("checkpoint", "seed", "eval_init_states", "eval_repeats")
+    diff = [k for k in same if prev["config"][k] != getattr(cfg, k)]
+    if diff or prev["tasks"] != tasks:
+        raise SystemExit(f"--reuse-start {cfg.reuse_start}: its {diff or 'tasks'} differ from this run's; drop --reuse-start to evaluate afresh")
+    return prev["evals"][0]["success"]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = dataclass_parser(LearnConfig, __doc__.splitlines()[0])
     cfg = LearnConfig(**vars(parser.parse_args(argv)))
     if cfg.mode not in ("weighted", "cfg"):
         parser.error(f"--mode {cfg.mode}: use weighted or cfg")
+    if cfg.buffer_iterations < 1:
+        parser.error("--buffer-iterations must be >= 1 (1 trains on the latest iteration only)")
     if cfg.group_size < 2:
         parser.error("--group-size must be >= 2 (leave-one-out advantages need two rollouts)")
     if set(cfg.train_init_states) & set(cfg.eval_init_states):
@@ -123,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     advantage = GroupLOOAdvantage(cfg.group_size)
     loss_module = RIPTCFGLoss(actor, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, p_uncond=cfg.p_uncond)
     optimizer = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    buffer = make_replay_buffer(cfg.groups_per_task * len(tasks) * cfg.group_size * 80)
+    buffer = make_replay_buffer(cfg.buffer_iterations * cfg.groups_per_task * len(tasks) * cfg.group_size * 80)
+    recent: deque = deque(maxlen=cfg.buffer_iterations)  # kept steps per iteration, newest last
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = torch.Generator().manual_seed(cfg.seed + 1)
     out = Path(cfg.out)
@@ -131,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
 
     t_eval = time.perf_counter()
-    evals = [{"iteration": 0, "success": evaluate(), "ript_minutes": 0.0}]
+    evals = [{"iteration": 0, "success": reused_start(cfg, tasks) if cfg.reuse_start else evaluate(), "ript_minutes": 0.0}]
     log(f"start (held-out, {len(cfg.eval_init_states) * cfg.eval_repeats} eps/task, {time.perf_counter() - t_eval:.0f}s): "
         + ", ".join(f"{t} {r:.2f}" for t, r in evals[0]["success"].items()))
     iterations: list[dict[str, Any]] = []
@@ -160,7 +180,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metrics: dict[str, float] = {}
         if kept:
             data = torch.cat(kept, 0)
-            refill_replay_buffer(buffer, data.select(*stored_keys(actor, data), strict=False))
+            recent.append(data.select(*stored_keys(actor, data), strict=False))
+        if recent:
+            refill_replay_buffer(buffer, torch.cat(list(recent), 0))
             metrics = update_policy(loss_module, buffer, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
                                     max_grad_norm=1.0, generator=gen)
         step_s = time.perf_counter() - t0

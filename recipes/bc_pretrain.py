@@ -80,6 +80,7 @@ class BCConfig:
     weight_decay: float = 1e-4
     shift_px: int = 6
     eval_every: int = 1000  # 0 = only at the end
+    save_every: int = 0  # extra snapshots <out>_step<N> without evaluation (0 = none), to pick a start later
     seed: int = 0
     threads: int = 2
 
@@ -261,6 +262,9 @@ def train(cfg: BCConfig, log=print) -> dict[str, Any]:
             if step % 50 == 0:
                 log(f"step {step}/{cfg.steps} loss {np.mean(losses[-50:]):.4f} ({(time.perf_counter() - t_train) / step:.2f} s/step)")
             if not ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
+                if cfg.save_every and step % cfg.save_every == 0:
+                    save_checkpoint(actor, norm, cfg, out.parent / f"{out.name}_step{step}",
+                                    {"curve": curve, "saved_at_step": step, **meta})
                 continue
             minutes = (time.perf_counter() - t_train) / 60
             t_eval = time.perf_counter()

@@ -107,8 +107,6 @@ def test_bc_lowers_the_loss_on_a_demo_batch(demo_dir):
 
 
 
-
-
 @pytest.mark.slow
 def test_bc_run_saves_a_checkpoint_the_recipe_loads(demo_dir, tmp_path):
     from ript.envs import NormStats
@@ -117,8 +115,11 @@ def test_bc_run_saves_a_checkpoint_the_recipe_loads(demo_dir, tmp_path):
 
     out = tmp_path / "ckpt"
     result = bc_pretrain.main(["--dataset", str(demo_dir), "--out", str(out), "--demo-init-states", "0",
-                               "--eval-init-states", "45", "--steps", "2", "--batch-size", "4", "--eval-every", "0", *TINY])
+                               "--eval-init-states", "45", "--steps", "2", "--batch-size", "4", "--eval-every", "0", "--save-every", "1", *TINY])
     assert result["demos"] == 1 and len(result["curve"]) == 1
+    # --save-every keeps an unevaluated snapshot per N steps beside the final checkpoint
+    snapshot = json.loads((tmp_path / "ckpt_step1" / "bc_config.json").read_text())
+    assert snapshot["saved_at_step"] == 1 and snapshot["curve"] == [] and (tmp_path / "ckpt_step1" / "model.safetensors").is_file()
     assert 0.0 <= result["curve"][0]["success"]["libero_object:1"] <= 1.0
     saved = json.loads((out / "bc_config.json").read_text())
     assert saved["tasks"] == ["libero_object:1"] and saved["camera_size"] == 32 and saved["curve"] == result["curve"]

@@ -1,0 +1,57 @@
+"""benchmarks/learning_libero.py: its settings are checked before any LIBERO worker starts, and a start evaluation is reused only when it measured the same thing."""
+
+import importlib.util
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("learning_libero", ROOT / "benchmarks" / "learning_libero.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["learning_libero"] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--buffer-iterations", "0"], "--buffer-iterations must be >= 1"),
+    (["--group-size", "1"], "--group-size must be >= 2"),
+    (["--eval-init-states", "39", "40"], "must not overlap"),
+    (["--mode", "ppo"], "use weighted or cfg"),
+])
+def test_bad_settings_fail_before_any_env_starts(bench, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        bench.main(argv)
+    assert message in capsys.readouterr().err
+
+
+def _previous(tmp_path, bench, **changes):
+    cfg = bench.LearnConfig(**changes)
+    tasks = ["libero_spatial:2", "libero_object:1"]
+    path = tmp_path / "learning_libero.json"
+    path.write_text(json.dumps({"config": asdict(cfg), "tasks": tasks,
+                                "evals": [{"iteration": 0, "success": {tasks[0]: 0.3, tasks[1]: 0.5}}]}))
+    return path, tasks
+
+
+def test_start_evaluation_is_reused_when_it_measured_the_same_episodes(bench, tmp_path):
+    path, tasks = _previous(tmp_path, bench, lr=3e-4)  # RIPT settings may differ
+    cfg = bench.LearnConfig(reuse_start=str(path), lr=1e-5)
+    assert bench.reused_start(cfg, tasks) == {tasks[0]: 0.3, tasks[1]: 0.5}
+
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"eval_repeats": 3}, {"eval_init_states": [41, 42]}])
+def test_start_evaluation_of_other_episodes_is_refused(bench, tmp_path, change):
+    path, tasks = _previous(tmp_path, bench)
+    cfg = bench.LearnConfig(reuse_start=str(path), **change)
+    with pytest.raises(SystemExit, match="drop --reuse-start"):
+        bench.reused_start(cfg, tasks)
+    with pytest.raises(SystemExit, match="tasks"):
+        bench.reused_start(bench.LearnConfig(reuse_start=str(path)), tasks[:1])
