@@ -17,6 +17,7 @@ import os
 import time
 
 import numpy as np
+import psutil
 import torch
 
 import ript.envs  # noqa: F401  (MUJOCO_GL)
@@ -89,19 +90,40 @@ def reset_times(env: LiberoEnv, n: int = 3) -> tuple[float, float]:
     return float(np.median(soft)), float(np.median(hard))
 
 
-def workers_rate(num: int, steps: int, camera: int) -> float:
+def _cpu_seconds() -> float:
+    """CPU time (user + system, all threads) of this process and its live children, e.g. env workers."""
+    me = psutil.Process()
+    procs = [me, *me.children(recursive=True)]
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def workers_rate(num: int, steps: int, camera: int) -> tuple[float, float]:
+    """(sim steps/s, cores busy) of `num` workers stepping 10-action chunks.
+
+    Cores busy = CPU seconds of this process and its workers (llvmpipe's render threads
+    included) per wall second: one worker that already keeps 1.3 of 2 cores busy caps
+    two workers at 2 / 1.3 of its rate, however well they scale.
+    """
     env = make_libero_env(SUITE, task=TASK, num_envs=num, action_chunk=10, camera_size=camera, max_steps=10_000)
     td = env.reset()
     acts = torch.as_tensor(_actions(10), dtype=torch.float32).expand(*env.batch_size, 10, 7)
     td = env.step(td.set("action", acts.clone()))["next"]  # warm-up
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     total = 0
     for _ in range(max(1, steps // 10)):
         td = env.step(td.set("action", acts.clone()))["next"]
         total += int(td["steps_executed"].sum().item())
-    rate = total / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    busy = (_cpu_seconds() - cpu0) / wall
     env.close()
-    return rate
+    return total / wall, busy
 
 
 def main() -> None:
@@ -140,8 +162,11 @@ def main() -> None:
     print(f"  d/a  {d / a:6.2f}  (upper bound for c/a)")
     print(f"  soft/hard reset {soft / hard:6.2%}  (<= 25%)")
     if not args.skip_workers:
-        one, two = workers_rate(1, args.steps * 5, args.camera), workers_rate(2, args.steps * 5, args.camera)
+        (one, busy1), (two, busy2) = workers_rate(1, args.steps * 5, args.camera), workers_rate(2, args.steps * 5, args.camera)
+        cores = os.cpu_count() or 1
         print(f"  e  two workers / one  {two / one:6.2f}  (>= 1.7; {two:.1f} vs {one:.1f} steps/s)")
+        print(f"     cores busy: one worker {busy1:.2f}, two workers {busy2:.2f} of {cores}; "
+              f"ceiling for two on this machine {min(2.0, cores / busy1):.2f}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ Prints success per task and iteration, writes <out>/learning_libero.json and .pn
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import sys
@@ -71,6 +72,7 @@ class LearnConfig:
     buffer_iterations: int = 1  # train on the kept steps of the last N iterations (1 = on-policy; >1 as AWR's FIFO buffer)
     temperature: float = 1.0
     w_max: float = 5.0
+    anchor: float = 0.0  # RIPTCFGLoss anchor_coef: pull towards the start policy's samples (frozen copy); 0 = off
     p_uncond: float = 0.1
     guidance: float = 1.5
     seed: int = 0
@@ -140,7 +142,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runner = TaskWorkers(actor, norm, tasks, camera_size, seed=cfg.seed)
     evaluate = lambda: runner.evaluate(actor, cfg.eval_init_states, cfg.eval_repeats)  # noqa: E731
     advantage = GroupLOOAdvantage(cfg.group_size)
-    loss_module = RIPTCFGLoss(actor, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, p_uncond=cfg.p_uncond)
+    reference = copy.deepcopy(actor) if cfg.anchor > 0 else None
+    loss_module = RIPTCFGLoss(actor, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, p_uncond=cfg.p_uncond,
+                              reference=reference, anchor_coef=cfg.anchor)
     optimizer = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     buffer = make_replay_buffer(cfg.buffer_iterations * cfg.groups_per_task * len(tasks) * cfg.group_size * 80)
     recent: deque = deque(maxlen=cfg.buffer_iterations)  # kept steps per iteration, newest last
@@ -155,6 +159,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"start (held-out, {len(cfg.eval_init_states) * cfg.eval_repeats} eps/task, {time.perf_counter() - t_eval:.0f}s): "
         + ", ".join(f"{t} {r:.2f}" for t, r in evals[0]["success"].items()))
     iterations: list[dict[str, Any]] = []
+    progress = lambda: (out / "learning_libero.json").write_text(  # noqa: E731  (kept current: a stopped run keeps its numbers)
+        json.dumps({"config": asdict(cfg), "tasks": tasks, "evals": evals, "iterations": iterations, "finished": False}, indent=2))
+    progress()
     ript_s = 0.0
     for it in range(1, cfg.max_iterations + 1):
         if ript_s >= cfg.minutes * 60:
@@ -190,8 +197,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         point = {"iteration": it, "train_success": runner.success_by_task(results), "kept_groups": stats.get("kept_groups", 0),
                  "dropped_groups": stats.get("dropped_groups", 0), "kept_steps": stats.get("kept_steps", 0),
                  "loss": metrics.get("loss_mean", metrics.get("fm_loss_mean")), "weight_max": metrics.get("weight_max"),
+                 "fm_loss": metrics.get("fm_loss_mean"), "anchor_loss": metrics.get("anchor_loss"),
                  "collect_s": round(t_collect, 1), "update_s": round(step_s - t_collect, 1), "ript_minutes": round(ript_s / 60, 2)}
         iterations.append(point)
+        progress()
         log(f"it {it:2d} rollouts " + ", ".join(f"{t} {r:.2f}" for t, r in point["train_success"].items())
             + f" | kept {point['kept_groups']} dropped {point['dropped_groups']} steps {point['kept_steps']} "
             f"| collect {t_collect:.0f}s update {step_s - t_collect:.0f}s | {ript_s / 60:.1f} RIPT min")
@@ -203,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runner.close()
     start, end = evals[0]["success"], evals[-1]["success"]
     gain = sum(end[t] - start[t] for t in tasks) / len(tasks)
-    result = {"config": asdict(cfg), "tasks": tasks, "evals": evals, "iterations": iterations, "mean_gain": gain,
+    result = {"config": asdict(cfg), "tasks": tasks, "evals": evals, "iterations": iterations, "finished": True, "mean_gain": gain,
               "passes": gain >= 0.20 and all(end[t] >= start[t] for t in tasks)}
     for t in tasks:
         log(f"{t}: {start[t]:.2f} -> {end[t]:.2f} ({end[t] - start[t]:+.2f})")

@@ -47,6 +47,7 @@ rates; 4 epochs per iteration). Everything else (env, groups, loss) is shared.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import inspect
 import json
@@ -109,6 +110,8 @@ class ToyConfig:
     w_max: float = 20.0
     p_uncond: float = 0.1
     guidance: float = 2.0
+    keep_uniform: bool = False  # keep groups whose K outcomes agree (advantage 0) instead of dropping them
+    anchor: float = 0.0  # RIPTCFGLoss anchor_coef: pull towards the BC start's samples (a frozen copy)
     eval_episodes: int = 256
     hidden: int = 128
     # policy: "mlp" (FlowMatchingMLPPolicy) or "pi0" (tiny lerobot PI0, see pi0_config)
@@ -266,8 +269,10 @@ def run(mode: str, seed: int, cfg: ToyConfig, log: bool = True) -> dict:
     env = adapt_env(make_toy_vla_env(cfg.num_envs, cfg.group_size, seed=seed, **env_kw), policy, cfg)
     collector = Collector(env, policy, frames_per_batch=cfg.frames_per_batch, total_frames=-1, auto_register_policy_transforms=False)
     batches = iter(collector)
-    advantage = GroupLOOAdvantage(cfg.group_size, exclude_keys=("next", "language_instruction"))
-    loss_module = RIPTCFGLoss(policy, mode=mode, temperature=cfg.temperature, w_max=cfg.w_max, p_uncond=cfg.p_uncond)
+    advantage = GroupLOOAdvantage(cfg.group_size, exclude_keys=("next", "language_instruction"), drop_uninformative=not cfg.keep_uniform)
+    reference = copy.deepcopy(policy) if cfg.anchor > 0 else None
+    loss_module = RIPTCFGLoss(policy, mode=mode, temperature=cfg.temperature, w_max=cfg.w_max, p_uncond=cfg.p_uncond,
+                              reference=reference, anchor_coef=cfg.anchor)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     buffer = make_replay_buffer(cfg.target_groups * cfg.group_size * cfg.max_steps * 4)
     gen = torch.Generator().manual_seed(seed)
@@ -300,9 +305,17 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["weighted", "cfg"], choices=["weighted", "cfg"])
     parser.add_argument("--policy", default="mlp", choices=["mlp", "pi0"], help="mlp: FlowMatchingMLPPolicy; pi0: tiny lerobot PI0 (PI0Actor.tiny)")
     parser.add_argument("--iterations", type=int, default=ToyConfig.iterations)
+    parser.add_argument("--lr", type=float, default=None, help="RIPT learning rate (default: the policy's setting)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per iteration (default: the policy's setting)")
+    parser.add_argument("--temperature", type=float, default=None, help="AWR temperature (weighted mode)")
+    parser.add_argument("--keep-uniform", action="store_true", default=None, help="keep all-success / all-failure groups (no dynamic sampling)")
+    parser.add_argument("--anchor", type=float, default=None, help="anchor_coef towards the BC start (frozen copy)")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/out/learning_toy (mlp) or benchmarks/out/learning_toy_pi0")
     args = parser.parse_args()
-    cfg = ToyConfig(iterations=args.iterations) if args.policy == "mlp" else pi0_config(iterations=args.iterations)
+    overrides = {k: v for k, v in dict(iterations=args.iterations, lr=args.lr,
+                                       epochs=args.epochs, temperature=args.temperature,
+                                       keep_uniform=args.keep_uniform, anchor=args.anchor).items() if v is not None}
+    cfg = ToyConfig(**overrides) if args.policy == "mlp" else pi0_config(**overrides)
     if args.out is None:
         args.out = Path("benchmarks/out/learning_toy" if args.policy == "mlp" else "benchmarks/out/learning_toy_pi0")
     torch.set_num_threads(1)

@@ -108,3 +108,29 @@ def test_set_keys_and_bad_input():
         RIPTCFGLoss(no_cfg, mode="cfg")
     with pytest.raises(TypeError, match="FlowMatchingPolicy"):
         RIPTCFGLoss(torch.nn.Linear(2, 2))
+
+
+def test_reference_anchor_adds_the_fm_loss_on_the_references_samples_and_trains_only_the_policy():
+    import copy
+
+    p = _policy()
+    ref = copy.deepcopy(p)
+    with pytest.raises(ValueError, match="needs a reference policy"):
+        RIPTCFGLoss(p, anchor_coef=0.5)
+    loss = RIPTCFGLoss(p, reference=ref, anchor_coef=0.5)
+    # the frozen copy is not a parameter of the loss (optimisers and DDP never see it)
+    assert {id(q) for q in loss.parameters()} == {id(q) for q in p.parameters()}
+    assert not any(q.requires_grad for q in ref.parameters())
+    td = _td(adv=torch.zeros(16, 1))
+    torch.manual_seed(3)
+    out = loss(td)
+    # replay the same draws: the weighted term (all weights 1), then the reference's chunks and their loss
+    torch.manual_seed(3)
+    plain = p.per_sample_loss(td).mean()
+    ref_chunk = ref.sample_actions(td)
+    anchor = p.per_sample_loss(td.clone().set("action_chunk", ref_chunk)).mean()
+    torch.testing.assert_close(out["loss_ript_cfg"], plain + 0.5 * anchor)
+    torch.testing.assert_close(out["anchor_loss"], anchor.detach())
+    out["loss_ript_cfg"].backward()
+    assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in p.parameters())
+    assert all(q.grad is None for q in ref.parameters())
