@@ -109,7 +109,7 @@ def csv_columns(cfg: RIPTConfig) -> list[str]:
     return [
         "train/success_rate", "train/episodes", "eval/success_rate", "eval/episodes", *per_task,
         "groups/kept", "groups/dropped", "groups/contexts_drawn", "data/decision_steps", "data/env_frames",
-        "loss/total", "loss/fm_mean", "loss/weight_mean", "loss/weight_max", "loss/frac_positive",
+        "loss/total", "loss/fm_mean", "loss/weight_mean", "loss/weight_max", "loss/frac_positive", "loss/anchor",
         "optim/grad_norm", "optim/lr", "optim/steps", "optim/skipped_nonfinite",
         "time/collect_s", "time/buffer_s", "time/update_s", "time/eval_s", "time/iteration_s",
         "perf/env_steps_per_s", "mem/rss_gib", "mem/gpu_peak_gib", "mem/gpu_reserved_gib",
@@ -433,6 +433,7 @@ def _run(
                         "loss/weight_mean": upd.get("weight_mean", float("nan")),
                         "loss/weight_max": upd.get("weight_max", float("nan")),
                         "loss/frac_positive": upd.get("frac_positive", float("nan")),
+                        "loss/anchor": upd.get("anchor_loss", float("nan")),  # 0 unless algo.anchor_coef > 0
                         "optim/grad_norm": upd["grad_norm"],
                         "optim/steps": upd["optimizer_steps"],
                         "optim/skipped_nonfinite": upd["skipped_nonfinite"],

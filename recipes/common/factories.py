@@ -7,6 +7,8 @@ only when `env.kind=libero`, so toy runs start in about a second.
 
 from __future__ import annotations
 
+import copy
+
 import json
 import math
 import time
@@ -202,8 +204,11 @@ def make_collector(env: EnvBase, policy: FlowMatchingPolicy, cfg: RIPTConfig) ->
 def make_loss(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, sync_across_ranks: bool = False) -> RIPTCFGLoss:
     """RIPTCFGLoss as configured; `sync_across_ranks` (DDP) makes its batch statistics global."""
     a = cfg.algo
+    # the anchor's reference is the policy as built, before any resume: always the run's starting point
+    reference = copy.deepcopy(policy) if a.anchor_coef > 0 else None
     return RIPTCFGLoss(
-        policy, mode=a.mode, temperature=a.weight_temperature, w_max=a.weight_clip, p_uncond=a.p_uncond, sync_across_ranks=sync_across_ranks
+        policy, mode=a.mode, temperature=a.weight_temperature, w_max=a.weight_clip, p_uncond=a.p_uncond, sync_across_ranks=sync_across_ranks,
+        reference=reference, anchor_coef=a.anchor_coef,
     )
 
 
