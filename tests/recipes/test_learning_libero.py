@@ -1,23 +1,14 @@
 """benchmarks/learning_libero.py: its settings are checked before any LIBERO worker starts, and a start evaluation is reused only when it measured the same thing."""
 
-import importlib.util
 import json
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("learning_libero", ROOT / "benchmarks" / "learning_libero.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["learning_libero"] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
+def bench(import_benchmark):
+    return import_benchmark("learning_libero")
 
 
 @pytest.mark.parametrize("argv, message", [
