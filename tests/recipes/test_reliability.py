@@ -224,11 +224,12 @@ def test_sigint_mid_iteration_checkpoints_and_resume_equals_an_uninterrupted_run
     """Curriculum sampler state and weights survive: preempted in iteration 2 + resumed == 3 iterations in one go."""
     common = [*TOY, "sampling.strategy=curriculum", "checkpoint.every=1", "algo.max_context_draws=6", "algo.target_groups=3", "optim.epochs=1"]
     one = ript_cfg.main([*common, f"logging.output_dir={tmp_path / 'one'}", "train.iterations=3"])
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under nohup / a background shell
     _signal_during_collect(monkeypatch, 2, signal.SIGINT)
     cut = ript_cfg.main([*common, f"logging.output_dir={tmp_path / 'two'}", "train.iterations=3"])
     assert cut["iterations"] == 1 and "preempted by SIGINT during iteration 2" in cut["stopped"]
     assert cut["last_checkpoint"].name == "iter_000001"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was restored
+    assert signal.getsignal(signal.SIGINT) is before  # the run's handler was removed, the caller's restored
     monkeypatch.undo()
     two = ript_cfg.main([*common, f"logging.output_dir={tmp_path / 'two'}", "train.iterations=3", "checkpoint.resume=auto"])
     assert two["iterations"] == 3
