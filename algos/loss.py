@@ -239,20 +239,18 @@ class RIPTCFGLoss(LossModule):
             per_sample = self.policy.per_sample_loss(policy_td, noise=noise, time=time, optimality=labels)
             weights = torch.ones_like(per_sample)
             frac_uncond = drop[valid].float().mean() if valid.any() else torch.zeros(())
+        objective = weights * per_sample
+        anchor_mean = torch.zeros(())
+        if self.anchor_coef > 0:  # per sample too, so one reduction below serves both terms
+            anchor = self._anchor_loss(policy_td)
+            objective = objective + self.anchor_coef * anchor
+            anchor_mean = anchor.detach()[valid].mean() if valid.any() else torch.zeros(())
         fmask = valid.to(per_sample)
         if sample_mask is None and self._world() == 1:
-            loss = (weights * per_sample).mean()
+            loss = objective.mean()
         else:  # sum over this rank's valid samples / the global count, x world for DDP's average
             n_global = self._global_sum(fmask.detach().double().sum().reshape(1))[0].clamp_min(1.0)
-            loss = (fmask * weights * per_sample).sum() * (self._world() / n_global.to(per_sample))
-        anchor_mean = torch.zeros(())
-        if self.anchor_coef > 0:
-            anchor = self._anchor_loss(policy_td)
-            if sample_mask is None and self._world() == 1:
-                loss = loss + self.anchor_coef * anchor.mean()
-            else:
-                loss = loss + self.anchor_coef * (fmask * anchor).sum() * (self._world() / n_global.to(anchor))
-            anchor_mean = anchor.detach()[valid].mean() if valid.any() else torch.zeros(())
+            loss = (fmask * objective).sum() * (self._world() / n_global.to(per_sample))
         if not valid.all():  # diagnostics over the real samples only
             per_sample, weights, positive = per_sample[valid], weights[valid], positive[valid]
         if per_sample.numel() == 0:

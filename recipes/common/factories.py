@@ -8,7 +8,6 @@ only when `env.kind=libero`, so toy runs start in about a second.
 from __future__ import annotations
 
 import copy
-
 import json
 import math
 import time
