@@ -159,9 +159,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"start (held-out, {len(cfg.eval_init_states) * cfg.eval_repeats} eps/task, {time.perf_counter() - t_eval:.0f}s): "
         + ", ".join(f"{t} {r:.2f}" for t, r in evals[0]["success"].items()))
     iterations: list[dict[str, Any]] = []
-    progress = lambda: (out / "learning_libero.json").write_text(  # noqa: E731  (kept current: a stopped run keeps its numbers)
-        json.dumps({"config": asdict(cfg), "tasks": tasks, "evals": evals, "iterations": iterations, "finished": False}, indent=2))
-    progress()
+
+    def snapshot(**extra: Any) -> dict[str, Any]:
+        """Write the json as it stands (after every evaluation and iteration: a stopped run keeps its numbers)."""
+        result = {"config": asdict(cfg), "tasks": tasks, "evals": evals, "iterations": iterations, "finished": False, **extra}
+        (out / "learning_libero.json").write_text(json.dumps(result, indent=2))
+        return result
+
+    snapshot()
     ript_s = 0.0
     for it in range(1, cfg.max_iterations + 1):
         if ript_s >= cfg.minutes * 60:
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "fm_loss": metrics.get("fm_loss_mean"), "anchor_loss": metrics.get("anchor_loss"),
                  "collect_s": round(t_collect, 1), "update_s": round(step_s - t_collect, 1), "ript_minutes": round(ript_s / 60, 2)}
         iterations.append(point)
-        progress()
+        snapshot()
         log(f"it {it:2d} rollouts " + ", ".join(f"{t} {r:.2f}" for t, r in point["train_success"].items())
             + f" | kept {point['kept_groups']} dropped {point['dropped_groups']} steps {point['kept_steps']} "
             f"| collect {t_collect:.0f}s update {step_s - t_collect:.0f}s | {ript_s / 60:.1f} RIPT min")
@@ -212,13 +217,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runner.close()
     start, end = evals[0]["success"], evals[-1]["success"]
     gain = sum(end[t] - start[t] for t in tasks) / len(tasks)
-    result = {"config": asdict(cfg), "tasks": tasks, "evals": evals, "iterations": iterations, "finished": True, "mean_gain": gain,
-              "passes": gain >= 0.20 and all(end[t] >= start[t] for t in tasks)}
+    result = snapshot(finished=True, mean_gain=gain, passes=gain >= 0.20 and all(end[t] >= start[t] for t in tasks))
     for t in tasks:
         log(f"{t}: {start[t]:.2f} -> {end[t]:.2f} ({end[t] - start[t]:+.2f})")
     log(f"mean gain {gain:+.3f} over {len(iterations)} iterations, {ript_s / 60:.1f} RIPT minutes: "
         f"{'PASS' if result['passes'] else 'FAIL'} (target +0.20, no task worse)")
-    (out / "learning_libero.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "learning_libero.png")
     actor.save_pretrained(out / "final_policy")
     if cfg.save_results:
