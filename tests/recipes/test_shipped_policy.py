@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import torch
+from tensordict.nn import TensorDictModuleBase
+from torchrl.collectors import Collector
 
 import ript.envs  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
 from ript.recipes.common.config import CONFIG_DIR, load_config
@@ -43,3 +45,50 @@ def test_main_job_default_policy_loads_and_acts_on_libero():
         assert not torch.allclose(out["next", "observation", "state"], td["observation", "state"])
     finally:
         env.close()
+
+
+class _RecordingActor(TensorDictModuleBase):
+    """Acts as the actor does, with seeded noise that it stores beside the chunk (so each step can be replayed)."""
+
+    def __init__(self, actor) -> None:
+        super().__init__()
+        self.actor = actor
+        self.in_keys, self.out_keys = actor.in_keys, ["action_chunk", "action", "replay_noise"]
+        self.gen = torch.Generator().manual_seed(0)
+
+    def forward(self, td):
+        noise = torch.randn(*td.batch_size, self.actor.chunk_size, self.actor.action_dim, generator=self.gen)
+        chunk = self.actor.sample_actions(td, noise=noise)
+        chunk[..., self.actor.padded_from :] = 0
+        return td.update({"action_chunk": chunk, "action": chunk[..., : self.actor.n_action_steps, :], "replay_noise": noise})
+
+
+def test_collected_steps_hold_what_the_policy_saw():
+    """Each stored decision step pairs the chunk with the observation it was sampled from (no off-by-one).
+
+    Replays every stored step: the actor, given the stored observation and the same noise, must
+    sample the stored chunk; and the step's next observation must be the following step's observation.
+    """
+    cfg = load_config("quick_test")
+    policy = make_policy(cfg, torch.device("cpu"))
+    env = make_env(cfg, policy)
+    recorder = _RecordingActor(policy)
+    try:
+        env.push_contexts([{"init_state_id": i} for i in range(env.batch_size[0])])
+        collector = Collector(env, recorder, frames_per_batch=3 * env.batch_size[0], total_frames=-1,
+                              auto_register_policy_transforms=False)
+        batch = next(iter(collector))
+        collector.shutdown()
+    finally:
+        if not env.is_closed:
+            env.close()
+    batch = batch.reshape(env.batch_size[0], -1)
+    state = batch["observation", "state"]
+    assert torch.equal(batch["next", "observation", "state"][:, :-1], state[:, 1:])
+    assert torch.equal(batch["next", "observation", "image"][:, :-1], batch["observation", "image"][:, 1:])
+    flat = batch.reshape(-1)
+    with torch.no_grad():
+        replay = policy.sample_actions(flat, noise=flat["replay_noise"])
+    replay[..., policy.padded_from :] = 0
+    torch.testing.assert_close(replay, flat["action_chunk"], atol=1e-4, rtol=1e-4)
+    assert torch.equal(flat["action"], flat["action_chunk"][:, : policy.n_action_steps])
