@@ -57,6 +57,7 @@ DEFAULT_CHECKPOINT = "configs/pretrained/tiny_pi0_libero"
 class LearnConfig:
     checkpoint: str = DEFAULT_CHECKPOINT
     out: str = "runs/learning_libero"
+    tasks: list[str] = field(default_factory=list)  # a subset of the checkpoint's tasks (e.g. one, to rule out interference); empty = all
     train_init_states: list[int] = field(default_factory=lambda: list(range(40)))
     eval_init_states: list[int] = field(default_factory=lambda: list(range(40, 50)))
     eval_repeats: int = 5  # 10 held-out init states x 5 = 50 episodes per task
@@ -133,6 +134,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"{ckpt} has no bc_config.json: pass a checkpoint written by recipes/bc_pretrain.py")
     bc = json.loads((ckpt / "bc_config.json").read_text())
     tasks, camera_size = list(bc["tasks"]), int(bc["camera_size"])
+    if cfg.tasks:
+        unknown = [t for t in cfg.tasks if t not in tasks]
+        if unknown:
+            parser.error(f"--tasks {' '.join(unknown)}: not among the checkpoint's tasks {tasks}")
+        tasks = [t for t in tasks if t in cfg.tasks]
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(2)

@@ -19,7 +19,7 @@ def dataclass_parser(cls: type, description: str) -> argparse.ArgumentParser:
         if isinstance(value, bool):
             parser.add_argument(flag, action="store_true")
         elif isinstance(value, list):
-            parser.add_argument(flag, type=type(value[0]), nargs="+", default=value)
+            parser.add_argument(flag, type=type(value[0]) if value else str, nargs="+", default=value)  # an empty list default takes strings
         else:
             parser.add_argument(flag, type=type(value), default=value)
     return parser
