@@ -13,8 +13,8 @@ Then RIPT-CFG on its own rollouts only, no demonstrations:
   (`ript.algos.rollout.update_policy`, the recipe's own update);
 - held-out evaluation: init states 40-49 (never in a demo nor in RIPT's groups), each
   `eval_repeats` times: 50 episodes per task at the start, every `eval_every` iterations
-  and at the end. Training stops when `minutes` of RIPT time (collection + update,
-  evaluation excluded) are used.
+  and at the end. Training stops before an iteration of average length would take the RIPT
+  time (collection + update, evaluation excluded) past `minutes`.
 
 Prints success per task and iteration, writes <out>/learning_libero.json and .png
 (and copies both to benchmarks/results/ with --save-results).
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     snapshot()
     ript_s = 0.0
     for it in range(1, cfg.max_iterations + 1):
-        if ript_s >= cfg.minutes * 60:
-            break
+        if iterations and ript_s * (1 + 1 / len(iterations)) > cfg.minutes * 60:
+            break  # another iteration of average length would overrun the budget ("up to `minutes`")
         t0 = time.perf_counter()
         picks = [[cfg.train_init_states[int(i)] for i in torch.randint(len(cfg.train_init_states), (cfg.groups_per_task,), generator=rng)]
                  for _ in tasks]
