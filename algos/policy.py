@@ -94,12 +94,16 @@ class FlowMatchingPolicy(TensorDictModuleBase, abc.ABC):
     #: noise they enter x_t in the loss and the policy drifts (measured on ToyVLAEnv: success 0.36 -> 0.01).
     padded_from: int | None = None
 
-    def forward(self, td: TensorDictBase) -> TensorDictBase:
-        """Act: write the full chunk and the part to execute, under no_grad."""
+    def act(self, td: TensorDictBase, *, noise: torch.Tensor | None = None) -> TensorDictBase:
+        """Write the full chunk (padding dims zeroed) and the part to execute, under no_grad; `noise` fixes the sample."""
         with torch.no_grad():
-            chunk = self.sample_actions(td)
+            chunk = self.sample_actions(td, noise=noise)
             if self.padded_from is not None:
                 chunk[..., self.padded_from :] = 0
         td.set("action_chunk", chunk)
         td.set("action", chunk[..., : self.n_action_steps, :])
         return td
+
+    def forward(self, td: TensorDictBase) -> TensorDictBase:
+        """Act with fresh noise (what a collector calls)."""
+        return self.act(td)

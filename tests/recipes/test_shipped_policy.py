@@ -48,7 +48,7 @@ def test_main_job_default_policy_loads_and_acts_on_libero():
 
 
 class _RecordingActor(TensorDictModuleBase):
-    """Acts as the actor does, with seeded noise that it stores beside the chunk (so each step can be replayed)."""
+    """Acts through the actor's own `act`, with seeded noise that it stores beside the chunk (so each step can be replayed)."""
 
     def __init__(self, actor) -> None:
         super().__init__()
@@ -58,9 +58,7 @@ class _RecordingActor(TensorDictModuleBase):
 
     def forward(self, td):
         noise = torch.randn(*td.batch_size, self.actor.chunk_size, self.actor.action_dim, generator=self.gen)
-        chunk = self.actor.sample_actions(td, noise=noise)
-        chunk[..., self.actor.padded_from :] = 0
-        return td.update({"action_chunk": chunk, "action": chunk[..., : self.actor.n_action_steps, :], "replay_noise": noise})
+        return self.actor.act(td, noise=noise).set("replay_noise", noise)
 
 
 def test_collected_steps_hold_what_the_policy_saw():
@@ -87,8 +85,6 @@ def test_collected_steps_hold_what_the_policy_saw():
     assert torch.equal(batch["next", "observation", "state"][:, :-1], state[:, 1:])
     assert torch.equal(batch["next", "observation", "image"][:, :-1], batch["observation", "image"][:, 1:])
     flat = batch.reshape(-1)
-    with torch.no_grad():
-        replay = policy.sample_actions(flat, noise=flat["replay_noise"])
-    replay[..., policy.padded_from :] = 0
+    replay = policy.act(flat.exclude("action_chunk", "action"), noise=flat["replay_noise"])["action_chunk"]
     torch.testing.assert_close(replay, flat["action_chunk"], atol=1e-4, rtol=1e-4)
     assert torch.equal(flat["action"], flat["action_chunk"][:, : policy.n_action_steps])
