@@ -109,13 +109,17 @@ def reused_start(cfg: LearnConfig, tasks: list[str]) -> dict[str, float]:
 
     Evaluation is deterministic for a seed, and it is the slowest part on a CPU (about 25 minutes for 50
     episodes of three tasks): reusing it lets a second RIPT setting start from the same, already measured policy.
+    A run on a subset of those tasks (--tasks) reuses their numbers: each task's episodes are its own held-out init
+    states, so the measurement is the same one (its sampling noise draws may differ, not what is measured).
     """
     prev = json.loads(Path(cfg.reuse_start).read_text())
     same = ("checkpoint", "seed", "eval_init_states", "eval_repeats")
     diff = [k for k in same if prev["config"][k] != getattr(cfg, k)]
-    if diff or prev["tasks"] != tasks:
-        raise SystemExit(f"--reuse-start {cfg.reuse_start}: its {diff or 'tasks'} differ from this run's; drop --reuse-start to evaluate afresh")
-    return prev["evals"][0]["success"]
+    missing = [t for t in tasks if t not in prev["tasks"]]
+    if diff or missing:
+        reason = f"its {diff} differ from this run's" if diff else f"its tasks lack {missing}"
+        raise SystemExit(f"--reuse-start {cfg.reuse_start}: {reason}; drop --reuse-start to evaluate afresh")
+    return {t: prev["evals"][0]["success"][t] for t in tasks}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
