@@ -292,8 +292,10 @@ class PI0TokenizeTransform(_ObservationTransform):
         ids, mask = self._tokenize_nested(_task_strings(value))
         batch = next_tensordict.batch_size
         device = next_tensordict.device
-        next_tensordict.set(self.out_keys[0], ids.expand(*batch, self.max_length).to(device) if ids.dim() == 1 else ids.to(device))
-        next_tensordict.set(self.out_keys[1], mask.expand(*batch, self.max_length).to(device) if mask.dim() == 1 else mask.to(device))
+        # copies, never views of the cache: a collector zeroes its buffers in place on reset(), and with an
+        # unbatched env a view would zero the cached ids and feed PI0 an empty instruction from then on
+        next_tensordict.set(self.out_keys[0], ids.expand(*batch, self.max_length).to(device, copy=True))
+        next_tensordict.set(self.out_keys[1], mask.expand(*batch, self.max_length).to(device, copy=True))
         return next_tensordict
 
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:

@@ -278,3 +278,26 @@ def test_batched_env_outside_transforms():
         assert td[keys.LANG_TOKENS].shape == (2, 2, 10) and td["action"].shape == (2, 2, 3, 32)
     finally:
         env.close()
+
+
+def test_tokens_survive_a_collector_reset_on_an_unbatched_env():
+    """A torchrl Collector zeroes its buffers in place on reset(); the tokens it held must not be the transform's cache.
+
+    Found on real LIBERO: a one-task run (unbatched LiberoEnv) fed PI0 all-<pad> instructions after the
+    first collector.reset(), and the shipped policy's success fell from 0.58 to 0/32.
+    """
+    from torchrl.collectors import Collector
+
+    tokenizer = make_tokenizer()
+    env = TransformedEnv(RawLiberoLikeEnv(chunk=3),
+                         Compose(*make_pi0_transforms(make_stats(), image_size=16, tokenizer=tokenizer, tokenizer_max_length=10)))
+    expected = PI0TokenizeTransform(tokenizer, max_length=10).tokenize(TASK_TEXT)[0]
+    policy = lambda td: td.set("action", env.action_spec.rand())  # noqa: E731
+    collector = Collector(env, policy, frames_per_batch=4, total_frames=-1)
+    try:
+        batches = iter(collector)
+        assert (next(batches)[keys.LANG_TOKENS] == expected).all()
+        collector.reset()
+        assert (next(batches)[keys.LANG_TOKENS] == expected).all()
+    finally:
+        collector.shutdown()
