@@ -62,8 +62,16 @@ class GroupLOOAdvantage(Transform):
     are done. Steps outside ("collector", "mask") (padded `split_trajs`
     output) are ignored.
 
+    Every emitted step also carries `informative_key` ([1] bool): whether its
+    group's outcomes were mixed. With `drop_uninformative=False` the all-success
+    and all-fail groups are emitted too, with advantage 0 and informative False:
+    they carry no learning signal, but a reference anchor (RIPTCFGLoss) can keep
+    the policy near its start on their states, e.g. on a task whose groups all fail.
+
     Counters since the last `reset_stats()` are in `stats()`: trajectories,
-    successes, success_rate, kept_groups, dropped_groups, kept_steps; the
+    successes, success_rate, kept_groups (mixed outcomes), dropped_groups (uniform
+    outcomes, emitted or not), kept_steps (of kept groups), uninformative_steps
+    (of uniform groups emitted with drop_uninformative=False); the
     pending partial trajectories and groups in `pending_trajectories` /
     `pending_groups`.
     """
@@ -78,12 +86,13 @@ class GroupLOOAdvantage(Transform):
         traj_key: NestedKey = ("collector", "traj_ids"),
         advantage_key: NestedKey = "advantage",
         return_key: NestedKey = "episode_return",
+        informative_key: NestedKey = "informative",
         drop_uninformative: bool = True,
         exclude_keys: tuple[NestedKey, ...] = ("next",),
     ) -> None:
         if group_size < 2:
             raise ValueError(f"group_size must be >= 2 for leave-one-out advantages, got {group_size}; use K >= 2 rollouts per context.")
-        super().__init__(in_keys=[group_key, success_key, done_key], out_keys=[advantage_key, return_key])
+        super().__init__(in_keys=[group_key, success_key, done_key], out_keys=[advantage_key, return_key, informative_key])
         self.group_size = int(group_size)
         self.group_key = _key_tuple(group_key)
         self.success_key = _key_tuple(success_key)
@@ -91,6 +100,7 @@ class GroupLOOAdvantage(Transform):
         self.traj_key = _key_tuple(traj_key)
         self.advantage_key = _key_tuple(advantage_key)
         self.return_key = _key_tuple(return_key)
+        self.informative_key = _key_tuple(informative_key)
         self.drop_uninformative = drop_uninformative
         self.exclude_keys = tuple(exclude_keys)
         self._partial: dict[object, list[tuple[TensorDictBase, bool, object]]] = defaultdict(list)
@@ -105,6 +115,7 @@ class GroupLOOAdvantage(Transform):
         self.kept_groups = 0
         self.dropped_groups = 0
         self.kept_steps = 0
+        self.uninformative_steps = 0
 
     def stats(self) -> dict[str, float]:
         """Counters since the last reset_stats(), plus what is pending."""
@@ -115,6 +126,7 @@ class GroupLOOAdvantage(Transform):
             "kept_groups": self.kept_groups,
             "dropped_groups": self.dropped_groups,
             "kept_steps": self.kept_steps,
+            "uninformative_steps": self.uninformative_steps,
             "pending_trajectories": self.pending_trajectories,
             "pending_groups": self.pending_groups,
         }
@@ -208,16 +220,23 @@ class GroupLOOAdvantage(Transform):
             return []
         members = self._groups.pop(group)
         returns = torch.tensor([[r for _, r in members]])
-        if self.drop_uninformative and bool((returns == returns[0, 0]).all()):
+        informative = not bool((returns == returns[0, 0]).all())
+        if not informative:
             self.dropped_groups += 1
-            return []
+            if self.drop_uninformative:
+                return []
         adv = leave_one_out_advantages(returns)[0]
         pieces = []
         for (traj_td, r), a in zip(members, adv.tolist()):
             n = traj_td.shape[0]
             traj_td.set(self.advantage_key, torch.full((n, 1), a, dtype=torch.float32, device=traj_td.device))
             traj_td.set(self.return_key, torch.full((n, 1), r, dtype=torch.float32, device=traj_td.device))
+            traj_td.set(self.informative_key, torch.full((n, 1), informative, dtype=torch.bool, device=traj_td.device))
             pieces.append(traj_td)
-        self.kept_groups += 1
-        self.kept_steps += sum(p.shape[0] for p in pieces)
+        n_steps = sum(p.shape[0] for p in pieces)
+        if informative:
+            self.kept_groups += 1
+            self.kept_steps += n_steps
+        else:
+            self.uninformative_steps += n_steps
         return pieces

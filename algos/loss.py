@@ -36,7 +36,15 @@ process group, so every rank weights its samples exactly as one process
 holding the whole global minibatch would, and each rank's loss is scaled by
 world_size / N_global so that DDP's gradient average is the gradient of the
 global mean. An optional per-sample mask (key "sample_mask") takes padding
-samples out of the statistics and the loss. Optional "fm_noise" / "fm_time" /
+samples out of the statistics and the loss. An optional per-sample "informative"
+flag (GroupLOOAdvantage writes it) limits the advantage term to steps of groups
+with mixed outcomes, while the reference anchor covers every valid step: with
+uniform groups kept (drop_uninformative=False) the anchor also holds the policy
+on states whose groups all failed or all succeeded, e.g. a task that fell to 0:
+
+    L = sum_inf w_i l_i / N_inf + anchor_coef * sum_valid a_i / N_valid
+
+Optional "fm_noise" / "fm_time" /
 "label_drop" entries fix the flow-matching noise and time and the CFG label
 dropout (tests of that equivalence; normally they are drawn here).
 """
@@ -85,6 +93,7 @@ class RIPTCFGLoss(LossModule):
             action_chunk: stored chunk the policy produced, [B, chunk, action_dim].
             action_mask: optional [B, chunk] bool of executed/valid steps.
             sample_mask: optional [B] bool; False marks padding samples (no loss, no statistics).
+            informative: optional [B] or [B, 1] bool; False: the step counts for the anchor only.
             noise: optional [B, chunk, action_dim] flow-matching noise (drawn when absent).
             time: optional [B] flow-matching time (drawn when absent).
             label_drop: optional [B] bool, which CFG labels become UNCONDITIONAL (drawn when absent).
@@ -94,6 +103,7 @@ class RIPTCFGLoss(LossModule):
         action_chunk: NestedKey = "action_chunk"
         action_mask: NestedKey = "action_mask"
         sample_mask: NestedKey = "sample_mask"
+        informative: NestedKey = "informative"
         noise: NestedKey = "fm_noise"
         time: NestedKey = "fm_time"
         label_drop: NestedKey = "label_drop"
@@ -224,12 +234,14 @@ class RIPTCFGLoss(LossModule):
 
         sample_mask = tensordict.get(keys.sample_mask, None)
         valid = torch.ones_like(advantage, dtype=torch.bool) if sample_mask is None else sample_mask.reshape(-1).to(advantage.device).bool()
+        informative = tensordict.get(keys.informative, None)
+        main = valid if informative is None else valid & informative.reshape(-1).to(advantage.device).bool()
         noise = tensordict.get(keys.noise, None)
         time = tensordict.get(keys.time, None)
         positive = advantage > 0
         if self.mode == "weighted":
             per_sample = self.policy.per_sample_loss(policy_td, noise=noise, time=time)
-            weights = self.advantage_weights(advantage, valid).to(per_sample)
+            weights = self.advantage_weights(advantage, main).to(per_sample)
             frac_uncond = torch.zeros(())
         else:
             labels = torch.where(positive, POSITIVE, NEGATIVE).long()
@@ -238,24 +250,26 @@ class RIPTCFGLoss(LossModule):
             labels = torch.where(drop, torch.full_like(labels, UNCONDITIONAL), labels)
             per_sample = self.policy.per_sample_loss(policy_td, noise=noise, time=time, optimality=labels)
             weights = torch.ones_like(per_sample)
-            frac_uncond = drop[valid].float().mean() if valid.any() else torch.zeros(())
+            frac_uncond = drop[main].float().mean() if main.any() else torch.zeros(())
         objective = weights * per_sample
-        anchor_mean = torch.zeros(())
-        if self.anchor_coef > 0:  # per sample too, so one reduction below serves both terms
+        anchor = anchor_mean = torch.zeros(())
+        if self.anchor_coef > 0:
             anchor = self._anchor_loss(policy_td)
-            objective = objective + self.anchor_coef * anchor
             anchor_mean = anchor.detach()[valid].mean() if valid.any() else torch.zeros(())
-        fmask = valid.to(per_sample)
-        if sample_mask is None and self._world() == 1:
-            loss = objective.mean()
-        else:  # sum over this rank's valid samples / the global count, x world for DDP's average
-            n_global = self._global_sum(fmask.detach().double().sum().reshape(1))[0].clamp_min(1.0)
-            loss = (fmask * objective).sum() * (self._world() / n_global.to(per_sample))
-        if not valid.all():  # diagnostics over the real samples only
-            per_sample, weights, positive = per_sample[valid], weights[valid], positive[valid]
+        if sample_mask is None and informative is None and self._world() == 1:
+            loss = (objective + self.anchor_coef * anchor).mean()
+        else:  # sums over this rank's samples / the global counts, x world for DDP's average
+            fmain, fvalid = main.to(per_sample), valid.to(per_sample)
+            n_main, n_valid = self._global_sum(torch.stack([fmain.sum(), fvalid.sum()]).detach().double()).clamp_min(1.0).to(per_sample).unbind()
+            loss = (fmain * objective).sum() / n_main
+            if self.anchor_coef > 0:
+                loss = loss + self.anchor_coef * (fvalid * anchor).sum() / n_valid
+            loss = loss * self._world()
+        if not main.all():  # diagnostics over the samples the advantage term trains on
+            per_sample, weights, positive = per_sample[main], weights[main], positive[main]
         if per_sample.numel() == 0:
-            per_sample = weights = torch.zeros(1, device=fmask.device)
-            positive = torch.zeros(1, dtype=torch.bool, device=fmask.device)
+            per_sample = weights = torch.zeros(1, device=advantage.device)
+            positive = torch.zeros(1, dtype=torch.bool, device=advantage.device)
         return TensorDict(
             {
                 "loss_ript_cfg": loss,

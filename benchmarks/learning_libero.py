@@ -8,7 +8,8 @@ Then RIPT-CFG on its own rollouts only, no demonstrations:
   driven by a torchrl Collector;
 - every iteration queues `groups_per_task` groups of K episodes per task, each group from
   one training init state (0-39); leave-one-out advantages (GroupLOOAdvantage), groups
-  whose K outcomes agree are dropped; kept decision steps go to the replay buffer;
+  whose K outcomes agree are dropped; kept decision steps go to the replay buffer
+  (with --anchor-all-states the dropped groups' steps go there too, for the anchor only);
 - epochs x minibatches of RIPTCFGLoss (weighted or cfg) with AdamW and clipping
   (`ript.algos.rollout.update_policy`, the recipe's own update);
 - held-out evaluation: init states 40-49 (never in a demo nor in RIPT's groups), each
@@ -74,6 +75,7 @@ class LearnConfig:
     temperature: float = 1.0
     w_max: float = 5.0
     anchor: float = 0.0  # RIPTCFGLoss anchor_coef: pull towards the start policy's samples (frozen copy); 0 = off
+    anchor_all_states: bool = False  # anchor on every collected step, also of all-fail/all-success groups (needs --anchor > 0)
     p_uncond: float = 0.1
     guidance: float = 1.5
     seed: int = 0
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--buffer-iterations must be >= 1 (1 trains on the latest iteration only)")
     if cfg.group_size < 2:
         parser.error("--group-size must be >= 2 (leave-one-out advantages need two rollouts)")
+    if cfg.anchor_all_states and cfg.anchor <= 0:
+        parser.error("--anchor-all-states needs --anchor > 0 (it widens the anchor to every collected step)")
     if set(cfg.train_init_states) & set(cfg.eval_init_states):
         parser.error("--eval-init-states must not overlap --train-init-states (held-out evaluation)")
     ckpt = Path(resolve_repo_path(cfg.checkpoint))
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     norm = NormStats.from_lerobot_checkpoint(ckpt)
     runner = TaskWorkers(actor, norm, tasks, camera_size, seed=cfg.seed)
     evaluate = lambda: runner.evaluate(actor, cfg.eval_init_states, cfg.eval_repeats)  # noqa: E731
-    advantage = GroupLOOAdvantage(cfg.group_size)
+    advantage = GroupLOOAdvantage(cfg.group_size, drop_uninformative=not cfg.anchor_all_states)
     reference = copy.deepcopy(actor) if cfg.anchor > 0 else None
     loss_module = RIPTCFGLoss(actor, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, p_uncond=cfg.p_uncond,
                               reference=reference, anchor_coef=cfg.anchor)
@@ -211,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ript_s += step_s
         point = {"iteration": it, "train_success": runner.success_by_task(results), "kept_groups": stats.get("kept_groups", 0),
                  "dropped_groups": stats.get("dropped_groups", 0), "kept_steps": stats.get("kept_steps", 0),
+                 "anchor_only_steps": stats.get("uninformative_steps", 0),
                  "loss": metrics.get("loss_mean", metrics.get("fm_loss_mean")), "weight_max": metrics.get("weight_max"),
                  "fm_loss": metrics.get("fm_loss_mean"), "anchor_loss": metrics.get("anchor_loss"),
                  "collect_s": round(t_collect, 1), "update_s": round(step_s - t_collect, 1), "ript_minutes": round(ript_s / 60, 2)}

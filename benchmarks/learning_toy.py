@@ -279,6 +279,8 @@ def run(mode: str, seed: int, cfg: ToyConfig, log: bool = True) -> dict:
     curve, t0 = [], time.perf_counter()
     for it in range(cfg.iterations):
         data, stats = collect_informative_groups(batches, advantage, target_groups=cfg.target_groups, max_batches=cfg.max_batches)
+        if data is not None and cfg.keep_uniform:  # the ablation trains on uniform groups as on any (advantage 0), not anchor-only
+            data = data.exclude("informative")
         curve.append(stats["success_rate"])
         metrics = {}
         if refill_replay_buffer(buffer, data):

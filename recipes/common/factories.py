@@ -272,7 +272,7 @@ def stored_keys(policy: FlowMatchingPolicy, data: TensorDictBase) -> list[Any]:
         wanted += [("observation", "language_tokens"), ("observation", "language_attention_mask")]
     elif "task" in policy.in_keys:
         wanted.append("task")
-    wanted += ["action_chunk", "advantage", "episode_return", "task_id"]
+    wanted += ["action_chunk", "advantage", "episode_return", "informative", "task_id"]
     if "action_mask" in data.keys():
         wanted.append("action_mask")
     present = set(data.keys(include_nested=True))

@@ -71,6 +71,22 @@ def test_groups_split_across_batches_and_uninformative_dropped():
     assert (s["kept_groups"], s["dropped_groups"], s["trajectories"], s["successes"]) == (1, 1, 4, 1)
     assert s["success_rate"] == pytest.approx(0.25)
     assert tr.pending_trajectories == 2  # trajs 4 and 5 still running
+    assert out["informative"].all()
+
+
+def test_uniform_groups_kept_for_the_anchor_are_flagged():
+    """drop_uninformative=False emits all-fail groups too, advantage 0 and informative False; counters still call them dropped."""
+    tr = GroupLOOAdvantage(2, drop_uninformative=False)
+    b1 = _batch([[(0, 7, 0, 0), (0, 7, 0, 1), (0, 7, 1, 0), (2, 7, 0, 0)],
+                 [(1, 9, 0, 0), (1, 9, 1, 0), (3, 9, 0, 0), (3, 9, 0, 0)]])
+    tr(b1)
+    out = tr(_batch([[(2, 7, 0, 0), (2, 7, 1, 0), (4, 8, 0, 0), (4, 8, 0, 0)],
+                     [(3, 9, 0, 0), (3, 9, 1, 0), (5, 10, 0, 0), (5, 10, 0, 0)]]))
+    groups = out["group_id"].reshape(-1)
+    assert out["informative"].reshape(-1).tolist() == (groups == 7).tolist()
+    assert (out["advantage"].reshape(-1)[groups == 9] == 0).all()
+    s = tr.stats()
+    assert (s["kept_groups"], s["dropped_groups"], s["kept_steps"], s["uninformative_steps"]) == (1, 1, 6, int((groups == 9).sum()))
 
 
 def test_without_traj_ids_splits_on_done():

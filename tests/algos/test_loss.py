@@ -134,3 +134,30 @@ def test_reference_anchor_adds_the_fm_loss_on_the_references_samples_and_trains_
     out["loss_ript_cfg"].backward()
     assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in p.parameters())
     assert all(q.grad is None for q in ref.parameters())
+
+
+def test_uninformative_steps_count_for_the_anchor_only():
+    """informative=False rows (uniform groups kept for the anchor) leave the advantage term, weights included, untouched."""
+    import copy
+
+    p = _policy()
+    loss = RIPTCFGLoss(p, temperature=0.5, reference=copy.deepcopy(p), anchor_coef=0.5)
+    td = _td(b=12)
+    td.set("fm_noise", torch.randn(12, 3, 2))
+    td.set("fm_time", torch.rand(12))
+    informative = torch.arange(12) < 8
+    td.set("informative", informative.reshape(12, 1))
+    torch.manual_seed(4)  # the reference's samples
+    out = loss(td)
+    # the advantage term: exactly the loss of the informative rows alone (their own weight statistics)
+    sub = td[:8].exclude("informative")
+    main = (loss.advantage_weights(sub["advantage"]) * p.per_sample_loss(sub, noise=sub["fm_noise"], time=sub["fm_time"])).mean()
+    # the anchor: every row, replayed with the same reference draws
+    torch.manual_seed(4)
+    anchor = loss._anchor_loss(td.exclude("informative")).mean()
+    torch.testing.assert_close(out["loss_ript_cfg"], main + 0.5 * anchor)
+    # an uninformative row's advantage is ignored
+    td2 = td.clone()
+    td2["advantage"][10] = 50.0
+    torch.manual_seed(4)
+    torch.testing.assert_close(loss(td2)["loss_ript_cfg"], out["loss_ript_cfg"])

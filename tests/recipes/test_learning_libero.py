@@ -17,6 +17,7 @@ def bench(import_benchmark):
     (["--eval-init-states", "39", "40"], "must not overlap"),
     (["--mode", "ppo"], "use weighted or cfg"),
     (["--tasks", "libero_10:0"], "not among the checkpoint's tasks"),
+    (["--anchor-all-states"], "needs --anchor > 0"),
 ])
 def test_bad_settings_fail_before_any_env_starts(bench, capsys, argv, message):
     with pytest.raises(SystemExit):
