@@ -341,7 +341,8 @@ def _run(
     if dist.enabled:  # DDP broadcasts rank 0's initial weights to every rank here
         loss_module = wrap_ddp(loss_module, device)
     opt = make_optimization(cfg, policy, device)
-    advantage = GroupLOOAdvantage(cfg.algo.group_size)
+    # anchor_all_states: uniform groups come out too, flagged uninformative (the loss anchors on them only)
+    advantage = GroupLOOAdvantage(cfg.algo.group_size, drop_uninformative=not cfg.algo.anchor_all_states)
     capacity = cfg.algo.max_context_draws * cfg.algo.group_size * (max_decision_steps(cfg) + 1)
     buffer = make_replay_buffer(capacity)
     contexts = [(t, s) for t in cfg.env.tasks for s in cfg.env.train_init_states]

@@ -59,8 +59,10 @@ def test_existing_run_is_not_overwritten_and_bad_resume_is_one_line(tmp_path: Pa
     assert info.value.code == 2
 
 
-def test_reference_anchor_runs_and_is_logged(tmp_path: Path) -> None:
-    out = main(["--config-name", "toy", f"logging.output_dir={tmp_path / 'a'}", "train.iterations=2", "algo.anchor_coef=0.5"])
+@pytest.mark.parametrize("all_states", ["false", "true"])
+def test_reference_anchor_runs_and_is_logged(tmp_path: Path, all_states: str) -> None:
+    out = main(["--config-name", "toy", f"logging.output_dir={tmp_path / 'a'}", "train.iterations=2", "algo.anchor_coef=0.5",
+                f"algo.anchor_all_states={all_states}"])
     rows = list(csv.DictReader(open(out["metrics_csv"])))
     anchors = [float(r["loss/anchor"]) for r in rows if r.get("loss/anchor")]
     assert len(anchors) == 2 and all(a > 0 for a in anchors)
