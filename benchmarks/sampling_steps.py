@@ -1,0 +1,95 @@
+"""How far few-step sampling is from the flow the policy learned: spread and shift of its action chunks.
+
+RIPT-CFG fits the policy to chunks it sampled with `num_inference_steps` Euler steps, and its
+anchor fits the reference's chunks sampled the same way. If few-step chunks are narrower than
+what the velocity field integrates to with many steps, every update trains towards a narrower
+distribution, and sampling it with few steps narrows it again. This prints, on the held-out
+start observations of each task (LIBERO init states 40+), for each step count against a
+many-step baseline computed in the same process with the same noise: the ratio of the spread
+(std over samples, averaged over dims and chunk positions), the mean shift and the mean
+absolute difference, both as fractions of the baseline's spread.
+
+    .venv/bin/python benchmarks/sampling_steps.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
+from ript.algos.pi0_actor import PI0Actor
+from ript.envs import NormStats, push_contexts
+from ript.envs import keys as K
+from ript.recipes.common.cli import dataclass_parser
+from ript.recipes.common.config import resolve_repo_path
+from ript.recipes.common.multitask import TaskWorkers
+
+
+@dataclass
+class StepsConfig:
+    checkpoint: str = "configs/pretrained/tiny_pi0_libero"
+    init_states: list[int] = field(default_factory=lambda: list(range(40, 46)))
+    samples: int = 32  # chunks per observation
+    steps: list[int] = field(default_factory=lambda: [5, 10])
+    baseline_steps: int = 50
+    seed: int = 0
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    parser = dataclass_parser(StepsConfig, __doc__.splitlines()[0])
+    cfg = StepsConfig(**vars(parser.parse_args(argv)))
+    if cfg.samples < 2 or min(cfg.steps + [cfg.baseline_steps]) < 1:
+        parser.error("--samples must be >= 2 and every step count >= 1")
+    ckpt = Path(resolve_repo_path(cfg.checkpoint))
+    if not (ckpt / "bc_config.json").is_file():
+        parser.error(f"{ckpt} has no bc_config.json: pass a checkpoint written by recipes/bc_pretrain.py")
+    bc = json.loads((ckpt / "bc_config.json").read_text())
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(2)
+    actor = PI0Actor.from_pretrained(ckpt, device="cpu")
+    actor.eval()
+    workers = TaskWorkers(actor, NormStats.from_lerobot_checkpoint(ckpt), bc["tasks"], int(bc["camera_size"]), seed=cfg.seed)
+    try:
+        obs = []
+        for init in cfg.init_states:  # one start observation per task and init state
+            for w in range(len(bc["tasks"])):
+                push_contexts(workers.env, [{K.INIT_STATE_ID: init, K.GROUP_ID: 1}], worker=w)
+            obs.append(workers.env.reset().select("observation").clone())
+    finally:
+        workers.close()
+    obs = torch.stack(obs, 0).reshape(-1)
+    batch = obs.unsqueeze(1).expand(obs.shape[0], cfg.samples).reshape(-1).clone()
+    config = actor.policy.config
+    noise = torch.randn(batch.shape[0], config.chunk_size, config.max_action_dim)
+    dims = actor.padded_from or config.max_action_dim
+
+    def sample(steps: int) -> torch.Tensor:
+        config.num_inference_steps = steps
+        with torch.no_grad():
+            return actor.sample_actions(batch, noise=noise.clone())[..., :dims].reshape(obs.shape[0], cfg.samples, -1, dims)
+
+    base = sample(cfg.baseline_steps)
+    spread = base.std(1).mean()
+    out = {}
+    for steps in cfg.steps:
+        chunks = sample(steps)
+        diff = chunks - base
+        out[str(steps)] = {"spread_ratio": float(chunks.std(1).mean() / spread),
+                           "mean_shift": float(diff.mean(1).abs().mean() / spread),
+                           "abs_diff": float(diff.abs().mean() / spread)}
+        print(f"{steps:3d} steps vs {cfg.baseline_steps}: spread x{out[str(steps)]['spread_ratio']:.3f}, "
+              f"mean shift {out[str(steps)]['mean_shift']:.3f} and |diff| {out[str(steps)]['abs_diff']:.3f} of the spread "
+              f"({obs.shape[0]} observations x {cfg.samples} samples)")
+    return out
+
+
+if __name__ == "__main__":
+    main()
