@@ -45,7 +45,7 @@ from ript.algos import GroupLOOAdvantage, RIPTCFGLoss
 from ript.algos.pi0_actor import PI0Actor
 from ript.algos.rollout import make_replay_buffer, refill_replay_buffer, update_policy
 from ript.envs import NormStats
-from ript.recipes.common.multitask import TaskWorkers
+from ript.recipes.common.multitask import TaskWorkers, read_bc_config
 from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.config import resolve_repo_path
 from ript.recipes.common.factories import stored_keys
@@ -138,9 +138,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if set(cfg.train_init_states) & set(cfg.eval_init_states):
         parser.error("--eval-init-states must not overlap --train-init-states (held-out evaluation)")
     ckpt = Path(resolve_repo_path(cfg.checkpoint))
-    if not (ckpt / "bc_config.json").is_file():
-        parser.error(f"{ckpt} has no bc_config.json: pass a checkpoint written by recipes/bc_pretrain.py")
-    bc = json.loads((ckpt / "bc_config.json").read_text())
+    try:
+        bc = read_bc_config(ckpt)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     tasks, camera_size = list(bc["tasks"]), int(bc["camera_size"])
     if cfg.tasks:
         unknown = [t for t in cfg.tasks if t not in tasks]

@@ -14,7 +14,6 @@ absolute difference, both as fractions of the baseline's spread.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from ript.envs import NormStats, push_contexts
 from ript.envs import keys as K
 from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.config import resolve_repo_path
-from ript.recipes.common.multitask import TaskWorkers
+from ript.recipes.common.multitask import TaskWorkers, read_bc_config
 
 
 @dataclass
@@ -49,9 +48,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     if cfg.samples < 2 or min(cfg.steps + [cfg.baseline_steps]) < 1:
         parser.error("--samples must be >= 2 and every step count >= 1")
     ckpt = Path(resolve_repo_path(cfg.checkpoint))
-    if not (ckpt / "bc_config.json").is_file():
-        parser.error(f"{ckpt} has no bc_config.json: pass a checkpoint written by recipes/bc_pretrain.py")
-    bc = json.loads((ckpt / "bc_config.json").read_text())
+    try:
+        bc = read_bc_config(ckpt)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(2)
     actor = PI0Actor.from_pretrained(ckpt, device="cpu")

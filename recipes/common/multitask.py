@@ -8,8 +8,10 @@ are queued per worker as (init state, group id) contexts and counted by group id
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,14 @@ from ript.envs import keys as K
 from .factories import SUITE_MAX_STEPS
 
 Results = dict[int, tuple[int, list[bool]]]  # group id -> (task index, successes)
+
+
+def read_bc_config(checkpoint: Path) -> dict[str, Any]:
+    """What bc_pretrain saved beside a checkpoint: the tasks it was cloned on and the render size it saw."""
+    info = Path(checkpoint) / "bc_config.json"
+    if not info.is_file():
+        raise FileNotFoundError(f"{checkpoint} has no bc_config.json: pass a checkpoint written by recipes/bc_pretrain.py")
+    return json.loads(info.read_text())
 
 
 def parse_task(spec: str) -> tuple[str, int]:
