@@ -252,19 +252,17 @@ class RIPTCFGLoss(LossModule):
             weights = torch.ones_like(per_sample)
             frac_uncond = drop[main].float().mean() if main.any() else torch.zeros(())
         objective = weights * per_sample
-        anchor = anchor_mean = torch.zeros(())
+        anchor_mean = torch.zeros(())
         if self.anchor_coef > 0:
             anchor = self._anchor_loss(policy_td)
             anchor_mean = anchor.detach()[valid].mean() if valid.any() else torch.zeros(())
-        if sample_mask is None and informative is None and self._world() == 1:
-            loss = (objective + self.anchor_coef * anchor).mean()
-        else:  # sums over this rank's samples / the global counts, x world for DDP's average
-            fmain, fvalid = main.to(per_sample), valid.to(per_sample)
-            n_main, n_valid = self._global_sum(torch.stack([fmain.sum(), fvalid.sum()]).detach().double()).clamp_min(1.0).to(per_sample).unbind()
-            loss = (fmain * objective).sum() / n_main
-            if self.anchor_coef > 0:
-                loss = loss + self.anchor_coef * (fvalid * anchor).sum() / n_valid
-            loss = loss * self._world()
+        # sums over this rank's samples / the global counts, x world for DDP's average (alone: plain means)
+        fmain, fvalid = main.to(per_sample), valid.to(per_sample)
+        n_main, n_valid = self._global_sum(torch.stack([fmain.sum(), fvalid.sum()]).detach().double()).clamp_min(1.0).to(per_sample).unbind()
+        loss = (fmain * objective).sum() / n_main
+        if self.anchor_coef > 0:
+            loss = loss + self.anchor_coef * (fvalid * anchor).sum() / n_valid
+        loss = loss * self._world()
         if not main.all():  # diagnostics over the samples the advantage term trains on
             per_sample, weights, positive = per_sample[main], weights[main], positive[main]
         if per_sample.numel() == 0:
