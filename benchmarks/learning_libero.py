@@ -45,7 +45,7 @@ from ript.algos import GroupLOOAdvantage, RIPTCFGLoss
 from ript.algos.pi0_actor import PI0Actor
 from ript.algos.rollout import make_replay_buffer, refill_replay_buffer, update_policy
 from ript.envs import NormStats
-from ript.recipes.common.multitask import TaskWorkers, read_bc_config
+from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, read_bc_config
 from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.config import resolve_repo_path
 from ript.recipes.common.factories import stored_keys
@@ -187,8 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if iterations and ript_s * (1 + 1 / len(iterations)) > cfg.minutes * 60:
             break  # another iteration of average length would overrun the budget ("up to `minutes`")
         t0 = time.perf_counter()
-        picks = [[cfg.train_init_states[int(i)] for i in torch.randint(len(cfg.train_init_states), (cfg.groups_per_task,), generator=rng)]
-                 for _ in tasks]
+        picks = draw_group_starts(cfg.train_init_states, cfg.groups_per_task, len(tasks), rng)
         advantage.clear()
         advantage.reset_stats()
         kept = []

@@ -46,7 +46,7 @@ from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.config import resolve_repo_path
 from ript.recipes.common.factories import stored_keys
 from ript.recipes.collect_demos import EPISODES_FILE
-from ript.recipes.common.multitask import TaskWorkers, read_bc_config
+from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, read_bc_config
 
 # what a variant may set, with the type it is parsed to
 VARIANT_KEYS = {"lr": float, "epochs": int, "minibatch_size": int, "temperature": float, "w_max": float, "anchor": float}
@@ -60,6 +60,7 @@ class DriftConfig:
     out: str = "runs/update_drift"
     data: str = ""  # an iteration.pt this script saved earlier: skip the collection
     variants: list[str] = field(default_factory=lambda: ["lr=1e-4,epochs=2", "lr=1e-5,epochs=4,temperature=0.25,w_max=20"])
+    train_init_states: list[int] = field(default_factory=lambda: list(range(40)))  # the groups' init states (learning_libero's)
     eval_init_states: list[int] = field(default_factory=lambda: list(range(40, 50)))
     groups_per_task: int = 4
     group_size: int = 4
@@ -90,7 +91,7 @@ def collect_iteration(actor: PI0Actor, ckpt: Path, bc: dict[str, Any], cfg: Drif
     advantage = GroupLOOAdvantage(cfg.group_size, drop_uninformative=False)
     kept: list[TensorDictBase] = []
     rng = torch.Generator().manual_seed(cfg.seed + 1)
-    picks = [[int(i) for i in torch.randint(40, (cfg.groups_per_task,), generator=rng)] for _ in bc["tasks"]]
+    picks = draw_group_starts(cfg.train_init_states, cfg.groups_per_task, len(bc["tasks"]), rng)
     actor.eval()
     try:
         with torch.no_grad():

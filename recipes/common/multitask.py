@@ -34,6 +34,16 @@ def read_bc_config(checkpoint: Path) -> dict[str, Any]:
     return json.loads(info.read_text())
 
 
+def draw_group_starts(init_states: Sequence[int], groups_per_task: int, n_tasks: int, generator: torch.Generator) -> list[list[int]]:
+    """Each task's init states for one iteration's groups, drawn with replacement from `init_states`.
+
+    One function, so that an offline study (benchmarks/update_drift.py) draws the same states
+    as learning_libero's iteration for the same seed.
+    """
+    return [[int(init_states[int(i)]) for i in torch.randint(len(init_states), (groups_per_task,), generator=generator)]
+            for _ in range(n_tasks)]
+
+
 def parse_task(spec: str) -> tuple[str, int]:
     """"libero_object:1" -> ("libero_object", 1), with a one-line error naming the format."""
     suite, sep, task = spec.partition(":")
