@@ -10,6 +10,7 @@ from .rollout import (
     make_replay_buffer,
     make_toy_vla_env,
     refill_replay_buffer,
+    relabel_chunks,
     update_policy,
 )
 

@@ -77,6 +77,9 @@ class RIPTCFGLoss(LossModule):
         sync_across_ranks: all-reduce the batch statistics over the default process
             group and scale the loss for DDP's gradient average (set it when this
             module is wrapped in DistributedDataParallel; a no-op without a group).
+        reference, anchor_coef: frozen policy and weight of the anchor term (0: off).
+        anchor_num_steps: Euler steps the reference samples its anchor targets with
+            (None: its own; more steps give targets that follow its flow, see `relabel_chunks`).
 
     Input keys (change with `set_keys`): advantage [B, 1] or [B], action_chunk
     [B, chunk, dim], action_mask [B, chunk] (optional), plus the policy's
@@ -123,6 +126,7 @@ class RIPTCFGLoss(LossModule):
         sync_across_ranks: bool = False,
         reference: FlowMatchingPolicy | None = None,
         anchor_coef: float = 0.0,
+        anchor_num_steps: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(policy, FlowMatchingPolicy):
@@ -152,6 +156,7 @@ class RIPTCFGLoss(LossModule):
         # a plain attribute, not a submodule: the frozen copy stays out of parameters(), optimisers and DDP
         object.__setattr__(self, "_reference", reference)
         self.anchor_coef = float(anchor_coef)
+        self.anchor_num_steps = anchor_num_steps  # Euler steps of the reference's targets (None: its own); see relabel_chunks
 
     @property
     def functional(self) -> bool:
@@ -203,7 +208,7 @@ class RIPTCFGLoss(LossModule):
         """
         reference = self._reference
         with torch.no_grad():
-            ref_chunk = reference.sample_actions(policy_td)
+            ref_chunk = reference.sample_actions(policy_td, num_steps=self.anchor_num_steps)
             if reference.padded_from is not None:
                 ref_chunk[..., reference.padded_from :] = 0
         anchor_td = policy_td.copy()

@@ -130,7 +130,8 @@ class FlowMatchingMLPPolicy(FlowMatchingPolicy):
         return self.out(self.trunk(h)).reshape(b, self.chunk_size, self.action_dim)
 
     # -- FlowMatchingPolicy ------------------------------------------------
-    def sample_actions(self, td: TensorDictBase, *, noise: torch.Tensor | None = None, guidance: float | None = None) -> torch.Tensor:
+    def sample_actions(self, td: TensorDictBase, *, noise: torch.Tensor | None = None, guidance: float | None = None,
+                       num_steps: int | None = None) -> torch.Tensor:
         """Euler-integrate from noise (t=1) to actions (t=0); CFG guidance v_u + w (v_pos - v_u)."""
         obs = self._obs(td)
         b = obs.shape[0]
@@ -147,9 +148,10 @@ class FlowMatchingMLPPolicy(FlowMatchingPolicy):
             raise ValueError("guidance needs a CFG head: build FlowMatchingMLPPolicy with supports_cfg=True.")
         uncond = torch.full((b,), UNCONDITIONAL, dtype=torch.long, device=obs.device)
         pos = torch.full((b,), POSITIVE, dtype=torch.long, device=obs.device)
-        dt = -1.0 / self.num_steps
-        for i in range(self.num_steps):
-            t = torch.full((b,), 1.0 - i / self.num_steps, device=obs.device, dtype=obs.dtype)
+        steps = num_steps or self.num_steps
+        dt = -1.0 / steps
+        for i in range(steps):
+            t = torch.full((b,), 1.0 - i / steps, device=obs.device, dtype=obs.dtype)
             if guidance is None:
                 v = self.velocity(obs, x, t)
             elif guidance == 0.0:

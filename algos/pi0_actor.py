@@ -457,6 +457,7 @@ class PI0Actor(FlowMatchingPolicy):
         *,
         noise: torch.Tensor | None = None,
         guidance: float | None = None,
+        num_steps: int | None = None,
     ) -> torch.Tensor:
         """Sample normalised, padded chunks [*B, chunk_size, 32] with lerobot's Euler loop."""
         batch_shape = td.batch_size
@@ -471,12 +472,16 @@ class PI0Actor(FlowMatchingPolicy):
             raise ValueError("guidance needs a CFG head: build the actor with supports_cfg=True")
         if guidance is None:
             self._set_labels(None, n)
-            chunk = model.sample_actions(images, img_masks, tokens, masks, state, noise=noise)
+            chunk = model.sample_actions(images, img_masks, tokens, masks, state, noise=noise, num_steps=num_steps)
         else:
-            chunk = self._sample_guided(images, img_masks, tokens, masks, state, noise, float(guidance))
+            chunk = self._sample_guided(images, img_masks, tokens, masks, state, noise, float(guidance), num_steps)
         return chunk.reshape(*batch_shape, self.chunk_size, self.action_dim)
 
-    def _sample_guided(self, images, img_masks, tokens, masks, state, noise, guidance: float) -> torch.Tensor:
+    def draw_noise(self, batch: int) -> torch.Tensor:
+        """lerobot's own draw (`PI0Pytorch.sample_noise`), so a run that records its noise samples what it would have."""
+        return self.policy.model.sample_noise((batch, self.chunk_size, self.action_dim), self.device)
+
+    def _sample_guided(self, images, img_masks, tokens, masks, state, noise, guidance: float, num_steps: int | None = None) -> torch.Tensor:
         """lerobot's sampling with v = v_uncond + w (v_pos - v_uncond): prefix cached once, two denoise_steps per step."""
         model = self.policy.model
         n = state.shape[0]
@@ -504,7 +509,7 @@ class PI0Actor(FlowMatchingPolicy):
             self._labels = None
             return v_uncond + guidance * (v_pos - v_uncond)
 
-        return euler_integrate(velocity, noise, model.config.num_inference_steps)
+        return euler_integrate(velocity, noise, num_steps or model.config.num_inference_steps)
 
     def per_sample_loss(
         self,

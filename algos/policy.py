@@ -64,12 +64,14 @@ class FlowMatchingPolicy(TensorDictModuleBase, abc.ABC):
         *,
         noise: torch.Tensor | None = None,
         guidance: float | None = None,
+        num_steps: int | None = None,
     ) -> torch.Tensor:
         """Sample a chunk [B, chunk_size, action_dim] for the observations in `td`.
 
         `noise` fixes the initial noise (reproducible sampling). `guidance` is the
         CFG weight w: v = v_uncond + w * (v_pos - v_uncond); None means the
         policy's default (conditional on nothing when it has no CFG head).
+        `num_steps` overrides the policy's number of Euler steps (None: its own).
         """
 
     @abc.abstractmethod
@@ -94,14 +96,26 @@ class FlowMatchingPolicy(TensorDictModuleBase, abc.ABC):
     #: noise they enter x_t in the loss and the policy drifts (measured on ToyVLAEnv: success 0.36 -> 0.01).
     padded_from: int | None = None
 
+    #: write the initial noise of every sample to td["action_noise"] (what `relabel_chunks` needs to
+    #: re-integrate the same sample with more Euler steps); off by default, it adds a chunk-sized entry per step.
+    record_noise: bool = False
+
+    def draw_noise(self, batch: int) -> torch.Tensor:
+        """Initial noise [batch, chunk_size, action_dim] as `sample_actions` would draw it (standard normal)."""
+        return torch.randn(batch, self.chunk_size, self.action_dim)
+
     def act(self, td: TensorDictBase, *, noise: torch.Tensor | None = None) -> TensorDictBase:
         """Write the full chunk (padding dims zeroed) and the part to execute, under no_grad; `noise` fixes the sample."""
         with torch.no_grad():
+            if noise is None and self.record_noise:
+                noise = self.draw_noise(td.batch_size.numel()).reshape(*td.batch_size, self.chunk_size, self.action_dim)
             chunk = self.sample_actions(td, noise=noise)
             if self.padded_from is not None:
                 chunk[..., self.padded_from :] = 0
         td.set("action_chunk", chunk)
         td.set("action", chunk[..., : self.n_action_steps, :])
+        if self.record_noise:
+            td.set("action_noise", noise.to(chunk))
         return td
 
     def forward(self, td: TensorDictBase) -> TensorDictBase:

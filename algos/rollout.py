@@ -33,6 +33,7 @@ from torchrl.envs import Compose, EnvBase, SerialEnv, StepCounter, TransformedEn
 from torchrl.envs.transforms import MultiAction
 
 from .advantages import GroupLOOAdvantage
+from .policy import FlowMatchingPolicy
 
 GROUP_ID_STRIDE = 1_000_000  # group ids of toy env i start at i * GROUP_ID_STRIDE: groups never mix across envs
 
@@ -142,6 +143,39 @@ def refill_replay_buffer(buffer: TensorDictReplayBuffer, data: TensorDictBase | 
         raise ValueError(f"{data.numel()} kept steps exceed the buffer capacity {capacity}; raise the capacity or lower target_groups.")
     buffer.extend(data.reshape(-1))
     return len(buffer)
+
+
+def relabel_chunks(policy: FlowMatchingPolicy, data: TensorDictBase, num_steps: int, *, batch_size: int = 256) -> TensorDictBase:
+    """Replace each stored chunk by the same noise integrated with `num_steps` Euler steps (a copy; `data` is kept).
+
+    Why: flow matching on a policy's own samples is a fixed point only if the samples follow the
+    flow the policy holds. Few-step samples do not: on LIBERO the shipped PI0's 5-step chunks have
+    0.85x the spread of 50-step chunks from the same noise (`benchmarks/sampling_steps.py`), so every
+    update that fits them narrows the policy, and the next iteration samples the narrower policy again.
+    Targets integrated with many steps from the noise that produced the acted chunk are what the flow
+    maps that noise to; the advantage of the acted chunk still applies (same noise, nearby action).
+    Needs td["action_noise"] (set `policy.record_noise = True` before collecting) and the policy that
+    acted (relabel right after collection, before the update).
+    """
+    if "action_noise" not in data.keys():
+        raise KeyError("relabel_chunks needs the sampling noise: set policy.record_noise = True before collecting.")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+    flat = data.reshape(-1)
+    was_training = policy.training
+    policy.eval()
+    try:
+        with torch.no_grad():
+            parts = [policy.sample_actions(flat[i : i + batch_size], noise=flat[i : i + batch_size].get("action_noise"), num_steps=num_steps)
+                     for i in range(0, flat.shape[0], batch_size)]
+    finally:
+        policy.train(was_training)
+    chunk = torch.cat(parts, 0) if parts else flat.get("action_chunk").clone()
+    if policy.padded_from is not None:
+        chunk[..., policy.padded_from :] = 0
+    out = flat.clone(False)  # shallow: only the chunk entry is new
+    out.set("action_chunk", chunk.to(flat.get("action_chunk")))
+    return out.reshape(data.shape)
 
 
 # -- update ------------------------------------------------------------------------

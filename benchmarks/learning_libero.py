@@ -43,7 +43,7 @@ import torch
 import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
 from ript.algos import GroupLOOAdvantage, RIPTCFGLoss
 from ript.algos.pi0_actor import PI0Actor
-from ript.algos.rollout import make_replay_buffer, refill_replay_buffer, update_policy
+from ript.algos.rollout import make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
 from ript.envs import NormStats
 from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, read_bc_config
 from ript.recipes.common.cli import dataclass_parser
@@ -76,6 +76,7 @@ class LearnConfig:
     w_max: float = 5.0
     anchor: float = 0.0  # RIPTCFGLoss anchor_coef: pull towards the start policy's samples (frozen copy); 0 = off
     anchor_all_states: bool = False  # anchor on every collected step, also of all-fail/all-success groups (needs --anchor > 0)
+    target_steps: int = 0  # train on the acted noise re-integrated with this many Euler steps (relabel_chunks); 0 = on the acted chunks
     p_uncond: float = 0.1
     guidance: float = 1.5
     seed: int = 0
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--group-size must be >= 2 (leave-one-out advantages need two rollouts)")
     if cfg.anchor_all_states and cfg.anchor <= 0:
         parser.error("--anchor-all-states needs --anchor > 0 (it widens the anchor to every collected step)")
+    if cfg.target_steps < 0:
+        parser.error("--target-steps must be >= 0 (0 trains on the acted chunks)")
     if set(cfg.train_init_states) & set(cfg.eval_init_states):
         parser.error("--eval-init-states must not overlap --train-init-states (held-out evaluation)")
     ckpt = Path(resolve_repo_path(cfg.checkpoint))
@@ -153,13 +156,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(2)
     actor = PI0Actor.from_pretrained(ckpt, device="cpu", supports_cfg=cfg.mode == "cfg",
                                      default_guidance=cfg.guidance if cfg.mode == "cfg" else None)
+    actor.record_noise = cfg.target_steps > 0  # lerobot's own noise draws, kept for relabel_chunks
     norm = NormStats.from_lerobot_checkpoint(ckpt)
     runner = TaskWorkers(actor, norm, tasks, camera_size, seed=cfg.seed)
     evaluate = lambda: runner.evaluate(actor, cfg.eval_init_states, cfg.eval_repeats)  # noqa: E731
     advantage = GroupLOOAdvantage(cfg.group_size, drop_uninformative=not cfg.anchor_all_states)
     reference = copy.deepcopy(actor) if cfg.anchor > 0 else None
     loss_module = RIPTCFGLoss(actor, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, p_uncond=cfg.p_uncond,
-                              reference=reference, anchor_coef=cfg.anchor)
+                              reference=reference, anchor_coef=cfg.anchor, anchor_num_steps=cfg.target_steps or None)
     optimizer = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     buffer = make_replay_buffer(cfg.buffer_iterations * cfg.groups_per_task * len(tasks) * cfg.group_size * 80)
     recent: deque = deque(maxlen=cfg.buffer_iterations)  # kept steps per iteration, newest last
@@ -206,7 +210,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metrics: dict[str, float] = {}
         if kept:
             data = torch.cat(kept, 0)
-            recent.append(data.select(*stored_keys(actor, data), strict=False))
+            data = data.select(*stored_keys(actor, data), strict=False)
+            if cfg.target_steps:
+                data = relabel_chunks(actor, data, cfg.target_steps).exclude("action_noise")
+            recent.append(data)
         if recent:
             refill_replay_buffer(buffer, torch.cat(list(recent), 0))
             metrics = update_policy(loss_module, buffer, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
-from ript.algos import GroupLOOAdvantage, make_replay_buffer, refill_replay_buffer, update_policy
+from ript.algos import GroupLOOAdvantage, make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
 from ript.algos.sampling import ContextSampler
 from ript.recipes.common.checkpoint import CheckpointError, Checkpointer, resolve_resume
 from ript.recipes.common.config import ConfigError, RIPTConfig, run_main, to_dict, to_yaml
@@ -308,6 +308,7 @@ def _train(cfg: RIPTConfig, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
     seed_iteration(seed, -1)
 
     policy = make_policy(cfg, device)
+    policy.record_noise = cfg.algo.target_steps > 0  # the sampling noise, for relabel_chunks
 
     def build_env(attempt: int) -> tuple[Any, Any]:  # attempt k > 0: a rebuild after a worker fault, seeds offset
         env = make_env(cfg, policy, seed=seed + 7_919 * attempt)
@@ -408,6 +409,8 @@ def _run(
                 break
             with timer("buffer"):
                 data = collected.data.select(*stored_keys(policy, collected.data)) if collected.data is not None else None
+                if data is not None and cfg.algo.target_steps:  # train on the flow's own samples of the acted noise
+                    data = relabel_chunks(policy, data, cfg.algo.target_steps).exclude("action_noise")
                 n_steps = refill_replay_buffer(buffer, data)
                 n_steps_all = int(all_reduce_sum(dist, [n_steps])[0])  # update if ANY rank has data (DDP: all or none)
             metrics = dict(collected.metrics)

@@ -90,6 +90,7 @@ class AlgoConfig:
     guidance: float = 1.5  # CFG: w in v = v_u + w (v_pos - v_u) when sampling
     anchor_coef: float = 0.0  # > 0: also fit the start policy's samples (frozen copy; a KL-to-reference term, one more policy in memory)
     anchor_all_states: bool = False  # anchor on every collected step, also of all-fail/all-success groups (needs anchor_coef > 0)
+    target_steps: int = 0  # > 0: train on the acted noise re-integrated with this many Euler steps (relabel_chunks); 0: on the acted chunks
 
 
 @dataclass
@@ -332,6 +333,7 @@ def validate(cfg: RIPTConfig) -> None:
     need(a.weight_clip >= 1, f"algo.weight_clip={a.weight_clip} must be >= 1 (the mean self-normalised weight is 1)")
     need(a.anchor_coef >= 0, f"algo.anchor_coef={a.anchor_coef} must be >= 0 (0 turns the reference anchor off)")
     need(not a.anchor_all_states or a.anchor_coef > 0, "algo.anchor_all_states=true needs algo.anchor_coef > 0 (it widens the anchor)")
+    need(a.target_steps >= 0, f"algo.target_steps={a.target_steps} must be >= 0 (0 trains on the acted chunks)")
     need(0.0 <= a.p_uncond < 1.0, f"algo.p_uncond={a.p_uncond} must be in [0, 1)")
     need(not (a.mode == "cfg" and p.kind == "pi0" and not p.cfg_conditioning),
          "algo.mode=cfg needs an optimality-conditioned policy: set policy.cfg_conditioning=true")

@@ -207,7 +207,7 @@ def make_loss(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, sync_across_ranks:
     reference = copy.deepcopy(policy) if a.anchor_coef > 0 else None
     return RIPTCFGLoss(
         policy, mode=a.mode, temperature=a.weight_temperature, w_max=a.weight_clip, p_uncond=a.p_uncond, sync_across_ranks=sync_across_ranks,
-        reference=reference, anchor_coef=a.anchor_coef,
+        reference=reference, anchor_coef=a.anchor_coef, anchor_num_steps=a.target_steps or None,
     )
 
 
@@ -275,6 +275,7 @@ def stored_keys(policy: FlowMatchingPolicy, data: TensorDictBase) -> list[Any]:
     wanted += ["action_chunk", "advantage", "episode_return", "informative", "task_id"]
     if "action_mask" in data.keys():
         wanted.append("action_mask")
+    wanted.append("action_noise")  # only when the policy records it (relabel_chunks)
     present = set(data.keys(include_nested=True))
     return [k for k in dict.fromkeys(wanted) if k in present]
 

@@ -292,3 +292,27 @@ def test_actor_is_a_collector_policy_on_a_batched_env(actor):
         collector.shutdown()
     assert batch["action_chunk"].shape[-2:] == (CHUNK, 32) and batch["action"].shape[-2:] == (STEPS, 32)
     assert batch.numel() == 4 and torch.isfinite(batch["next", "reward"]).all()
+
+
+def test_recorded_noise_is_lerobots_draw_and_relabels_with_more_steps(actor, cfg_actor):
+    from ript.algos import relabel_chunks
+
+    torch.manual_seed(3)
+    plain = actor(obs_td().clone())
+    actor.record_noise = True
+    try:
+        torch.manual_seed(3)
+        recorded = actor(obs_td().clone())
+    finally:
+        actor.record_noise = False
+    # recording changes nothing about what is sampled (same RNG draw as lerobot's own sample_actions)
+    assert torch.equal(plain["action_chunk"], recorded["action_chunk"]) and recorded["action_noise"].shape == (B, CHUNK, 32)
+    same = relabel_chunks(actor, recorded, num_steps=3)  # the actor's own num_inference_steps
+    torch.testing.assert_close(same["action_chunk"], recorded["action_chunk"], rtol=1e-4, atol=1e-5)
+    fine = relabel_chunks(actor, recorded, num_steps=12)
+    assert fine["action_chunk"][..., 7:].abs().sum() == 0
+    assert not torch.allclose(fine["action_chunk"], recorded["action_chunk"], atol=1e-3)
+    # the guided sampler takes the step count too
+    noise = torch.randn(B, CHUNK, 32)
+    guided = cfg_actor.sample_actions(obs_td(), noise=noise, guidance=1.5, num_steps=3)
+    assert not torch.allclose(guided, cfg_actor.sample_actions(obs_td(), noise=noise, guidance=1.5, num_steps=8), atol=1e-4)

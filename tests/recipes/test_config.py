@@ -36,6 +36,7 @@ def test_inheritance_and_overrides() -> None:
         (["optim.lrr=1"], "unknown key 'optim.lrr'"),
         (["optim.lr=fast"], "optim.lr"),
         (["algo.group_size=1"], "algo.group_size=1 < 2"),
+        (["algo.target_steps=-2"], "algo.target_steps=-2 must be >= 0"),
         (["policy.n_action_steps=20", "policy.chunk_size=10"], "policy.n_action_steps=20"),
         (["optim.minibatch_size=64"], "optim.minibatch_size=64"),
         (["eval.every=0"], "eval.every=0"),

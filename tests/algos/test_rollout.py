@@ -1,0 +1,50 @@
+"""relabel_chunks: the same sampling noise re-integrated with more Euler steps (FlowMatchingMLPPolicy)."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from ript.algos import FlowMatchingMLPPolicy, relabel_chunks
+
+
+def _policy() -> FlowMatchingMLPPolicy:
+    torch.manual_seed(0)
+    return FlowMatchingMLPPolicy(obs_dim=4, action_dim=2, chunk_size=3, n_action_steps=2, hidden=32, depth=2, num_steps=2)
+
+
+def _acted(policy: FlowMatchingMLPPolicy, b: int = 6) -> TensorDict:
+    policy.record_noise = True
+    try:
+        return policy(TensorDict({("observation", "state"): torch.randn(b, 4)}, batch_size=[b]))
+    finally:
+        policy.record_noise = False
+
+
+def test_recorded_noise_reproduces_the_acted_chunk():
+    policy = _policy()
+    td = _acted(policy)
+    assert td["action_noise"].shape == (6, 3, 2)
+    torch.testing.assert_close(policy.sample_actions(td, noise=td["action_noise"]), td["action_chunk"])
+    assert "action_noise" not in policy(TensorDict({("observation", "state"): torch.randn(2, 4)}, batch_size=[2])).keys()
+
+
+def test_relabel_integrates_the_same_noise_with_more_steps():
+    policy = _policy()
+    td = _acted(policy)
+    before = td["action_chunk"].clone()
+    same = relabel_chunks(policy, td, num_steps=2)
+    torch.testing.assert_close(same["action_chunk"], before)  # its own step count: the acted chunk again
+    fine = relabel_chunks(policy, td, num_steps=50, batch_size=4)  # two batches
+    torch.testing.assert_close(fine["action_chunk"], policy.sample_actions(td, noise=td["action_noise"], num_steps=50))
+    assert not torch.allclose(fine["action_chunk"], before)
+    assert torch.equal(td["action_chunk"], before)  # the input is left as it was
+    assert torch.equal(fine["action_noise"], td["action_noise"]) and policy.training
+
+
+def test_relabel_refuses_data_without_noise_or_steps():
+    policy = _policy()
+    td = policy(TensorDict({("observation", "state"): torch.randn(3, 4)}, batch_size=[3]))
+    with pytest.raises(KeyError, match="record_noise = True"):
+        relabel_chunks(policy, td, num_steps=10)
+    with pytest.raises(ValueError, match="num_steps must be >= 1"):
+        relabel_chunks(policy, _acted(policy), num_steps=0)
