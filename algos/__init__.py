@@ -5,9 +5,11 @@ from .loss import RIPTCFGLoss
 from .mlp_policy import FlowMatchingMLPPolicy
 from .policy import FlowMatchingPolicy
 from .rollout import (
+    action_spread,
     collect_informative_groups,
     evaluate_success_rate,
     make_replay_buffer,
+    match_action_spread,
     make_toy_vla_env,
     refill_replay_buffer,
     relabel_chunks,

@@ -318,6 +318,7 @@ class PI0Actor(FlowMatchingPolicy):
         )
         if actor.label_embed is not None and (path / CFG_FILE).is_file():
             actor.label_embed.load_state_dict(load_file(str(path / CFG_FILE), device=str(policy.config.device)))
+        actor.noise_scale = float(saved.get("noise_scale", 1.0))
         actor._source_dir = path
         return actor
 
@@ -344,6 +345,7 @@ class PI0Actor(FlowMatchingPolicy):
             "default_guidance": self.default_guidance,
             "loss_action_dims": self.action_dim_loss,
             "image_keys": {k: (v if isinstance(v, str) else list(v)) for k, v in self.image_keys.items()},
+            "noise_scale": self.noise_scale,  # acting temperature (match_action_spread); lerobot's own loader ignores it
         }
         (directory / ACTOR_FILE).write_text(json.dumps(settings, indent=2))
         return directory

@@ -100,6 +100,10 @@ class FlowMatchingPolicy(TensorDictModuleBase, abc.ABC):
     #: re-integrate the same sample with more Euler steps); off by default, it adds a chunk-sized entry per step.
     record_noise: bool = False
 
+    #: standard deviation of the initial noise when acting (1: the noise the policy was trained from). A flow
+    #: policy's sampling temperature: `match_action_spread` sets it to hold the spread of the actions fixed.
+    noise_scale: float = 1.0
+
     def draw_noise(self, batch: int) -> torch.Tensor:
         """Initial noise [batch, chunk_size, action_dim] as `sample_actions` would draw it (standard normal)."""
         return torch.randn(batch, self.chunk_size, self.action_dim)
@@ -107,8 +111,9 @@ class FlowMatchingPolicy(TensorDictModuleBase, abc.ABC):
     def act(self, td: TensorDictBase, *, noise: torch.Tensor | None = None) -> TensorDictBase:
         """Write the full chunk (padding dims zeroed) and the part to execute, under no_grad; `noise` fixes the sample."""
         with torch.no_grad():
-            if noise is None and self.record_noise:
+            if noise is None and (self.record_noise or self.noise_scale != 1.0):
                 noise = self.draw_noise(td.batch_size.numel()).reshape(*td.batch_size, self.chunk_size, self.action_dim)
+                noise = noise * self.noise_scale if self.noise_scale != 1.0 else noise
             chunk = self.sample_actions(td, noise=noise)
             if self.padded_from is not None:
                 chunk[..., self.padded_from :] = 0

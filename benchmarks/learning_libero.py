@@ -43,7 +43,7 @@ import torch
 import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
 from ript.algos import GroupLOOAdvantage, RIPTCFGLoss
 from ript.algos.pi0_actor import PI0Actor
-from ript.algos.rollout import make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
+from ript.algos.rollout import action_spread, make_replay_buffer, match_action_spread, refill_replay_buffer, relabel_chunks, update_policy
 from ript.envs import NormStats
 from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, read_bc_config
 from ript.recipes.common.cli import dataclass_parser
@@ -77,6 +77,7 @@ class LearnConfig:
     anchor: float = 0.0  # RIPTCFGLoss anchor_coef: pull towards the start policy's samples (frozen copy); 0 = off
     anchor_all_states: bool = False  # anchor on every collected step, also of all-fail/all-success groups (needs --anchor > 0)
     target_steps: int = 0  # train on the acted noise re-integrated with this many Euler steps (relabel_chunks); 0 = on the acted chunks
+    keep_spread: bool = False  # after every update, rescale the acting noise so the action spread stays the start's (match_action_spread)
     p_uncond: float = 0.1
     guidance: float = 1.5
     seed: int = 0
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     snapshot()
     ript_s = 0.0
+    probe: tuple[Any, torch.Tensor, float] | None = None  # --keep-spread: fixed observations, unit noise, start spread
     for it in range(1, cfg.max_iterations + 1):
         if iterations and ript_s * (1 + 1 / len(iterations)) > cfg.minutes * 60:
             break  # another iteration of average length would overrun the budget ("up to `minutes`")
@@ -211,6 +213,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if kept:
             data = torch.cat(kept, 0)
             data = data.select(*stored_keys(actor, data), strict=False)
+            if cfg.keep_spread and probe is None:  # the start policy's spread on iteration 1's observations
+                obs = data[torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:256]]
+                unit = torch.randn(2, obs.shape[0], actor.chunk_size, actor.action_dim, generator=torch.Generator().manual_seed(cfg.seed + 2))
+                probe = (obs, unit, action_spread(actor, obs, unit))
             if cfg.target_steps:
                 data = relabel_chunks(actor, data, cfg.target_steps).exclude("action_noise")
             recent.append(data)
@@ -218,6 +224,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             refill_replay_buffer(buffer, torch.cat(list(recent), 0))
             metrics = update_policy(loss_module, buffer, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
                                     max_grad_norm=1.0, generator=gen)
+        if probe is not None:
+            metrics["spread_before"] = action_spread(actor, probe[0], probe[1]) / probe[2]
+            metrics["spread"] = match_action_spread(actor, probe[0], probe[1], probe[2]) / probe[2]
         step_s = time.perf_counter() - t0
         ript_s += step_s
         point = {"iteration": it, "train_success": runner.success_by_task(results), "kept_groups": stats.get("kept_groups", 0),
@@ -225,10 +234,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "anchor_only_steps": stats.get("uninformative_steps", 0),
                  "loss": metrics.get("loss_mean", metrics.get("fm_loss_mean")), "weight_max": metrics.get("weight_max"),
                  "fm_loss": metrics.get("fm_loss_mean"), "anchor_loss": metrics.get("anchor_loss"),
+                 "noise_scale": actor.noise_scale, "spread_after_update": metrics.get("spread_before"),
                  "collect_s": round(t_collect, 1), "update_s": round(step_s - t_collect, 1), "ript_minutes": round(ript_s / 60, 2)}
         iterations.append(point)
         snapshot()
         log(f"it {it:2d} rollouts " + ", ".join(f"{t} {r:.2f}" for t, r in point["train_success"].items())
+            + (f" | spread x{metrics['spread_before']:.3f} -> noise x{actor.noise_scale:.3f}" if "spread" in metrics else "")
             + f" | kept {point['kept_groups']} dropped {point['dropped_groups']} steps {point['kept_steps']} "
             f"| collect {t_collect:.0f}s update {step_s - t_collect:.0f}s | {ript_s / 60:.1f} RIPT min")
         if cfg.eval_every and it % cfg.eval_every == 0:

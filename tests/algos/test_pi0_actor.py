@@ -316,3 +316,15 @@ def test_recorded_noise_is_lerobots_draw_and_relabels_with_more_steps(actor, cfg
     noise = torch.randn(B, CHUNK, 32)
     guided = cfg_actor.sample_actions(obs_td(), noise=noise, guidance=1.5, num_steps=3)
     assert not torch.allclose(guided, cfg_actor.sample_actions(obs_td(), noise=noise, guidance=1.5, num_steps=8), atol=1e-4)
+
+
+def test_noise_scale_is_saved_and_used_when_acting(tmp_path):
+    actor = make_actor()
+    actor.noise_scale = 1.7
+    loaded = PI0Actor.from_pretrained(actor.save_pretrained(tmp_path / "scaled"), device="cpu")
+    assert loaded.noise_scale == pytest.approx(1.7)
+    torch.manual_seed(5)
+    acted = loaded(obs_td().clone())
+    torch.manual_seed(5)
+    unit = loaded.draw_noise(B)
+    torch.testing.assert_close(acted["action_chunk"][..., :7], loaded.sample_actions(obs_td(), noise=1.7 * unit)[..., :7], rtol=1e-4, atol=1e-5)

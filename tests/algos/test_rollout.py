@@ -48,3 +48,21 @@ def test_relabel_refuses_data_without_noise_or_steps():
         relabel_chunks(policy, td, num_steps=10)
     with pytest.raises(ValueError, match="num_steps must be >= 1"):
         relabel_chunks(policy, _acted(policy), num_steps=0)
+
+
+def test_match_action_spread_sets_the_acting_noise_scale():
+    from ript.algos import action_spread, match_action_spread
+
+    policy = _policy()
+    probe = TensorDict({("observation", "state"): torch.randn(64, 4)}, batch_size=[64])
+    unit = torch.randn(4, 64, 3, 2, generator=torch.Generator().manual_seed(1))
+    start = action_spread(policy, probe, unit)
+    reached = match_action_spread(policy, probe, unit, 1.3 * start)
+    assert abs(reached / (1.3 * start) - 1) < 0.03 and policy.noise_scale > 1.1
+    assert action_spread(policy, probe, unit) == pytest.approx(reached)
+    # acting uses the scale: recorded noise is scaled, and re-integrating it gives the acted chunk
+    td = _acted(policy, b=400)
+    assert td["action_noise"].std() == pytest.approx(policy.noise_scale, rel=0.1)
+    torch.testing.assert_close(relabel_chunks(policy, td, num_steps=2)["action_chunk"], td["action_chunk"])
+    with pytest.raises(ValueError, match="two noise draws"):
+        action_spread(policy, probe, unit[:1])
