@@ -5,6 +5,7 @@ from .loss import RIPTCFGLoss
 from .mlp_policy import FlowMatchingMLPPolicy
 from .policy import FlowMatchingPolicy
 from .rollout import (
+    SpreadKeeper,
     action_spread,
     collect_informative_groups,
     evaluate_success_rate,

@@ -217,6 +217,43 @@ def match_action_spread(policy: FlowMatchingPolicy, probe: TensorDictBase, unit_
     return spread
 
 
+class SpreadKeeper:
+    """Holds a policy's acting action spread at its value on the first data it sees (`match_action_spread`).
+
+    `set_probe` picks `probe_size` observations of one iteration's data and fixed unit noise, and takes the
+    spread there as the target; `restore` (after each update) rescales `policy.noise_scale` back to it.
+    Only the target and the scale are state: a resumed run picks a new probe and holds the spread it resumed with.
+    """
+
+    def __init__(self, probe_size: int = 256, draws: int = 2, seed: int = 0) -> None:
+        self.probe_size, self.draws, self.seed = probe_size, draws, seed
+        self.probe: TensorDictBase | None = None
+        self.unit_noise: torch.Tensor | None = None
+        self.target = float("nan")
+
+    @property
+    def ready(self) -> bool:
+        return self.probe is not None
+
+    def set_probe(self, policy: FlowMatchingPolicy, data: TensorDictBase) -> float:
+        """Fix the probe (observations of `data`, unit noise) and measure the target spread there; returns it."""
+        flat = data.reshape(-1)
+        pick = torch.randperm(flat.shape[0], generator=torch.Generator().manual_seed(self.seed))[: self.probe_size]
+        self.probe = flat[pick]
+        shape = (self.draws, self.probe.shape[0], policy.chunk_size, policy.action_dim)
+        self.unit_noise = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed + 2))
+        self.target = action_spread(policy, self.probe, self.unit_noise)
+        return self.target
+
+    def restore(self, policy: FlowMatchingPolicy) -> tuple[float, float]:
+        """Rescale the acting noise after an update; returns (spread after the update, spread reached), over the target."""
+        if self.probe is None or self.unit_noise is None:
+            raise RuntimeError("SpreadKeeper.restore before set_probe: give it an iteration's data first")
+        drifted = action_spread(policy, self.probe, self.unit_noise)
+        reached = match_action_spread(policy, self.probe, self.unit_noise, self.target)
+        return drifted / self.target, reached / self.target
+
+
 # -- update ------------------------------------------------------------------------
 def _ddp_group(loss_module: object) -> tuple[bool, int, int]:
     """(is the loss DDP-wrapped, world size, rank); a DDP module implies an initialised process group."""

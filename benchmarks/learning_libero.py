@@ -43,7 +43,7 @@ import torch
 import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
 from ript.algos import GroupLOOAdvantage, RIPTCFGLoss
 from ript.algos.pi0_actor import PI0Actor
-from ript.algos.rollout import action_spread, make_replay_buffer, match_action_spread, refill_replay_buffer, relabel_chunks, update_policy
+from ript.algos.rollout import SpreadKeeper, make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
 from ript.envs import NormStats
 from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, read_bc_config
 from ript.recipes.common.cli import dataclass_parser
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     snapshot()
     ript_s = 0.0
-    probe: tuple[Any, torch.Tensor, float] | None = None  # --keep-spread: fixed observations, unit noise, start spread
+    spread = SpreadKeeper(seed=cfg.seed) if cfg.keep_spread else None
     for it in range(1, cfg.max_iterations + 1):
         if iterations and ript_s * (1 + 1 / len(iterations)) > cfg.minutes * 60:
             break  # another iteration of average length would overrun the budget ("up to `minutes`")
@@ -213,10 +213,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if kept:
             data = torch.cat(kept, 0)
             data = data.select(*stored_keys(actor, data), strict=False)
-            if cfg.keep_spread and probe is None:  # the start policy's spread on iteration 1's observations
-                obs = data[torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:256]]
-                unit = torch.randn(2, obs.shape[0], actor.chunk_size, actor.action_dim, generator=torch.Generator().manual_seed(cfg.seed + 2))
-                probe = (obs, unit, action_spread(actor, obs, unit))
+            if spread is not None and not spread.ready:  # the start policy's spread on iteration 1's observations
+                spread.set_probe(actor, data)
             if cfg.target_steps:
                 data = relabel_chunks(actor, data, cfg.target_steps).exclude("action_noise")
             recent.append(data)
@@ -224,9 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             refill_replay_buffer(buffer, torch.cat(list(recent), 0))
             metrics = update_policy(loss_module, buffer, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
                                     max_grad_norm=1.0, generator=gen)
-        if probe is not None:
-            metrics["spread_before"] = action_spread(actor, probe[0], probe[1]) / probe[2]
-            metrics["spread"] = match_action_spread(actor, probe[0], probe[1], probe[2]) / probe[2]
+        if spread is not None and spread.ready:
+            metrics["spread_before"], metrics["spread"] = spread.restore(actor)
         step_s = time.perf_counter() - t0
         ript_s += step_s
         point = {"iteration": it, "train_success": runner.success_by_task(results), "kept_groups": stats.get("kept_groups", 0),

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
-from ript.algos import GroupLOOAdvantage, make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
+from ript.algos import GroupLOOAdvantage, SpreadKeeper, make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
 from ript.algos.sampling import ContextSampler
 from ript.recipes.common.checkpoint import CheckpointError, Checkpointer, resolve_resume
 from ript.recipes.common.config import ConfigError, RIPTConfig, run_main, to_dict, to_yaml
@@ -110,6 +110,7 @@ def csv_columns(cfg: RIPTConfig) -> list[str]:
         "train/success_rate", "train/episodes", "eval/success_rate", "eval/episodes", *per_task,
         "groups/kept", "groups/dropped", "groups/contexts_drawn", "data/decision_steps", "data/env_frames",
         "loss/total", "loss/fm_mean", "loss/weight_mean", "loss/weight_max", "loss/frac_positive", "loss/anchor",
+        "policy/spread_after_update", "policy/noise_scale",
         "optim/grad_norm", "optim/lr", "optim/steps", "optim/skipped_nonfinite",
         "time/collect_s", "time/buffer_s", "time/update_s", "time/eval_s", "time/iteration_s",
         "perf/env_steps_per_s", "mem/rss_gib", "mem/gpu_peak_gib", "mem/gpu_reserved_gib",
@@ -353,6 +354,7 @@ def _run(
         contexts, cfg.sampling.strategy, group_size=cfg.algo.group_size, success_rate_target=cfg.sampling.success_rate_target, seed=seed
     )
     early = EarlyStopping(cfg.early_stopping.patience, cfg.early_stopping.min_delta)
+    spread = SpreadKeeper(seed=seed + dist.rank) if cfg.algo.keep_spread else None
 
     start_it = 0
     if resume_from is not None:
@@ -366,6 +368,7 @@ def _run(
         per_rank = state["extra"].get("sampler_ranks")
         sampler.load_state_dict(per_rank[dist.rank] if per_rank and len(per_rank) == dist.world_size else state["extra"]["sampler"])
         early.load_state_dict(state["extra"]["early_stopping"])
+        policy.noise_scale = float(state["extra"].get("noise_scale", 1.0))  # acting temperature (algo.keep_spread)
         start_it = state["iteration"]
         logger.info(f"resumed from {resume_from} at iteration {start_it}")
 
@@ -381,7 +384,8 @@ def _run(
             scaler=opt.scaler,
             config_yaml=to_yaml(cfg),
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-            extra={"sampler": sampler_state, "sampler_ranks": sampler_ranks, "early_stopping": early.state_dict()},
+            extra={"sampler": sampler_state, "sampler_ranks": sampler_ranks, "early_stopping": early.state_dict(),
+                   "noise_scale": policy.noise_scale},
             is_best=is_best,
         )
         barrier(dist, f"checkpoint of iteration {it}")  # the others wait (timed) while rank 0 writes
@@ -409,6 +413,8 @@ def _run(
                 break
             with timer("buffer"):
                 data = collected.data.select(*stored_keys(policy, collected.data)) if collected.data is not None else None
+                if spread is not None and data is not None and not spread.ready:  # the spread to hold: the first kept steps'
+                    spread.set_probe(policy, data)
                 if data is not None and cfg.algo.target_steps:  # train on the flow's own samples of the acted noise
                     data = relabel_chunks(policy, data, cfg.algo.target_steps).exclude("action_noise")
                 n_steps = refill_replay_buffer(buffer, data)
@@ -445,6 +451,11 @@ def _run(
                 else:
                     logger.info(f"[iter {it + 1}] no informative group (all rollouts of each context agreed): update skipped")
                     metrics.update({"loss/total": float("nan"), "optim/steps": 0, "optim/skipped_nonfinite": 0})
+            if spread is not None:  # hold the acting spread (every rank joins the average: one acting temperature)
+                with timer("update"):
+                    drifted = spread.restore(policy)[0] if spread.ready else float("nan")
+                    policy.noise_scale = float(all_reduce_sum(dist, [policy.noise_scale])[0]) / dist.world_size
+                metrics.update({"policy/spread_after_update": drifted, "policy/noise_scale": policy.noise_scale})
             metrics["optim/lr"] = opt.optimizer.param_groups[0]["lr"]
             metrics["optim/nonfinite_streak"] = nonfinite.streak
             it += 1

@@ -91,6 +91,7 @@ class AlgoConfig:
     anchor_coef: float = 0.0  # > 0: also fit the start policy's samples (frozen copy; a KL-to-reference term, one more policy in memory)
     anchor_all_states: bool = False  # anchor on every collected step, also of all-fail/all-success groups (needs anchor_coef > 0)
     target_steps: int = 0  # > 0: train on the acted noise re-integrated with this many Euler steps (relabel_chunks); 0: on the acted chunks
+    keep_spread: bool = False  # after every update, rescale the acting noise so the action spread stays at its first-iteration value (SpreadKeeper)
 
 
 @dataclass

@@ -81,3 +81,17 @@ def test_relabelled_targets_train_and_differ_from_acted_chunks(tmp_path: Path) -
     assert rows_a[0]["loss/fm_mean"] != rows_f[0]["loss/fm_mean"] and float(rows_f[0]["loss/fm_mean"]) > 0
     a, b = _params(acted["last_checkpoint"]), _params(fine["last_checkpoint"])
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_keep_spread_logs_and_checkpoints_the_acting_noise_scale(tmp_path: Path) -> None:
+    common = ["--config-name", "toy", "eval.every=5", "checkpoint.every=1", "algo.keep_spread=true", "algo.target_steps=10"]
+    out = main([*common, f"logging.output_dir={tmp_path / 'k'}", "train.iterations=2"])
+    rows = list(csv.DictReader(open(out["metrics_csv"])))
+    scales = [float(r["policy/noise_scale"]) for r in rows]
+    drift = [float(r["policy/spread_after_update"]) for r in rows if r["policy/spread_after_update"] not in ("", "nan")]
+    assert len(scales) == 2 and drift and all(s > 0 for s in scales) and scales[-1] != 1.0
+    resumed = main([*common, f"logging.output_dir={tmp_path / 'k'}", "train.iterations=3", "checkpoint.resume=auto"])
+    rows = list(csv.DictReader(open(resumed["metrics_csv"])))
+    assert len(rows) == 3 and float(rows[-1]["policy/noise_scale"]) > 0
+    state = torch.load(resumed["last_checkpoint"] / "trainer.pt", weights_only=False)
+    assert state["extra"]["noise_scale"] == pytest.approx(float(rows[-1]["policy/noise_scale"]))
