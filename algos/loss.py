@@ -207,10 +207,7 @@ class RIPTCFGLoss(LossModule):
         new information, it only keeps the policy near where it started.
         """
         reference = self._reference
-        with torch.no_grad():
-            ref_chunk = reference.sample_actions(policy_td, num_steps=self.anchor_num_steps)
-            if reference.padded_from is not None:
-                ref_chunk[..., reference.padded_from :] = 0
+        ref_chunk = reference.sample_chunk(policy_td, num_steps=self.anchor_num_steps)
         anchor_td = policy_td.copy()
         anchor_td.set("action_chunk", ref_chunk.to(policy_td.get("action_chunk").dtype))
         return self.policy.per_sample_loss(anchor_td)

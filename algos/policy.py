@@ -17,6 +17,8 @@ Optimality labels for CFG mode (CFGRL): 0 = unconditional (null label),
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from tensordict import TensorDictBase
@@ -34,6 +36,18 @@ def sample_flow_time(batch_size: int, device: torch.device | str, generator: tor
         u = torch.rand(batch_size, generator=generator)
         t = u.pow(1.0 / 1.5)
     return (t * 0.999 + 0.001).to(device)
+
+
+@contextlib.contextmanager
+def evaluating(module: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no_grad for a measurement; the module's training flag comes back even on an error."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
 
 
 class FlowMatchingPolicy(TensorDictModuleBase, abc.ABC):
@@ -108,15 +122,20 @@ class FlowMatchingPolicy(TensorDictModuleBase, abc.ABC):
         """Initial noise [batch, chunk_size, action_dim] as `sample_actions` would draw it (standard normal)."""
         return torch.randn(batch, self.chunk_size, self.action_dim)
 
+    @torch.no_grad()
+    def sample_chunk(self, td: TensorDictBase, *, noise: torch.Tensor | None = None, num_steps: int | None = None) -> torch.Tensor:
+        """A chunk as it is stored and trained on: `sample_actions` under no_grad, padding dims zeroed."""
+        chunk = self.sample_actions(td, noise=noise, num_steps=num_steps)
+        if self.padded_from is not None:
+            chunk[..., self.padded_from :] = 0
+        return chunk
+
     def act(self, td: TensorDictBase, *, noise: torch.Tensor | None = None) -> TensorDictBase:
         """Write the full chunk (padding dims zeroed) and the part to execute, under no_grad; `noise` fixes the sample."""
-        with torch.no_grad():
-            if noise is None and (self.record_noise or self.noise_scale != 1.0):
-                noise = self.draw_noise(td.batch_size.numel()).reshape(*td.batch_size, self.chunk_size, self.action_dim)
-                noise = noise * self.noise_scale if self.noise_scale != 1.0 else noise
-            chunk = self.sample_actions(td, noise=noise)
-            if self.padded_from is not None:
-                chunk[..., self.padded_from :] = 0
+        if noise is None and (self.record_noise or self.noise_scale != 1.0):  # else the policy draws its own
+            unit = self.draw_noise(td.batch_size.numel()).reshape(*td.batch_size, self.chunk_size, self.action_dim)
+            noise = unit * self.noise_scale
+        chunk = self.sample_chunk(td, noise=noise)
         td.set("action_chunk", chunk)
         td.set("action", chunk[..., : self.n_action_steps, :])
         if self.record_noise:

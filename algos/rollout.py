@@ -33,7 +33,7 @@ from torchrl.envs import Compose, EnvBase, SerialEnv, StepCounter, TransformedEn
 from torchrl.envs.transforms import MultiAction
 
 from .advantages import GroupLOOAdvantage
-from .policy import FlowMatchingPolicy
+from .policy import FlowMatchingPolicy, evaluating
 
 GROUP_ID_STRIDE = 1_000_000  # group ids of toy env i start at i * GROUP_ID_STRIDE: groups never mix across envs
 
@@ -162,17 +162,10 @@ def relabel_chunks(policy: FlowMatchingPolicy, data: TensorDictBase, num_steps: 
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
     flat = data.reshape(-1)
-    was_training = policy.training
-    policy.eval()
-    try:
-        with torch.no_grad():
-            parts = [policy.sample_actions(flat[i : i + batch_size], noise=flat[i : i + batch_size].get("action_noise"), num_steps=num_steps)
-                     for i in range(0, flat.shape[0], batch_size)]
-    finally:
-        policy.train(was_training)
+    with evaluating(policy):
+        parts = [policy.sample_chunk(flat[i : i + batch_size], noise=flat[i : i + batch_size].get("action_noise"), num_steps=num_steps)
+                 for i in range(0, flat.shape[0], batch_size)]
     chunk = torch.cat(parts, 0) if parts else flat.get("action_chunk").clone()
-    if policy.padded_from is not None:
-        chunk[..., policy.padded_from :] = 0
     out = flat.clone(False)  # shallow: only the chunk entry is new
     out.set("action_chunk", chunk.to(flat.get("action_chunk")))
     return out.reshape(data.shape)
@@ -186,20 +179,15 @@ def action_spread(policy: FlowMatchingPolicy, probe: TensorDictBase, unit_noise:
     """
     if unit_noise.shape[0] < 2:
         raise ValueError("action_spread needs at least two noise draws per observation")
-    was_training = policy.training
-    policy.eval()
-    try:
-        with torch.no_grad():
-            chunks = torch.stack([policy.sample_actions(probe, noise=n * policy.noise_scale) for n in unit_noise])
-    finally:
-        policy.train(was_training)
+    with evaluating(policy):
+        chunks = torch.stack([policy.sample_actions(probe, noise=n * policy.noise_scale) for n in unit_noise])
     dims = policy.padded_from or chunks.shape[-1]
     return float(chunks[..., : policy.n_action_steps, :dims].std(0).mean())
 
 
 def match_action_spread(policy: FlowMatchingPolicy, probe: TensorDictBase, unit_noise: torch.Tensor, target: float, *,
-                        rounds: int = 2, bounds: tuple[float, float] = (0.25, 4.0)) -> float:
-    """Set `policy.noise_scale` so that the action spread on `probe` equals `target`; returns the spread reached.
+                        rounds: int = 2, bounds: tuple[float, float] = (0.25, 4.0)) -> tuple[float, float]:
+    """Set `policy.noise_scale` so that the action spread on `probe` equals `target`; returns the spread (found, reached).
 
     Why: fitting a flow policy to its own rollouts narrows it (one sampled chunk per observation, fitted for
     several minibatches), and a narrow policy may stop finding the successes its groups need: on LIBERO the
@@ -209,13 +197,13 @@ def match_action_spread(policy: FlowMatchingPolicy, probe: TensorDictBase, unit_
     have no entropy in closed form, the std of samples from fixed noise stands in. The spread is close to
     proportional to the noise scale, so a few multiplicative corrections reach the target.
     """
-    spread = action_spread(policy, probe, unit_noise)
+    found = spread = action_spread(policy, probe, unit_noise)
     for _ in range(rounds):
         if spread <= 0:
             break
         policy.noise_scale = float(min(max(policy.noise_scale * target / spread, bounds[0]), bounds[1]))
         spread = action_spread(policy, probe, unit_noise)
-    return spread
+    return found, spread
 
 
 class SpreadKeeper:
@@ -250,8 +238,7 @@ class SpreadKeeper:
         """Rescale the acting noise after an update; returns (spread after the update, spread reached), over the target."""
         if self.probe is None or self.unit_noise is None:
             raise RuntimeError("SpreadKeeper.restore before set_probe: give it an iteration's data first")
-        drifted = action_spread(policy, self.probe, self.unit_noise)
-        reached = match_action_spread(policy, self.probe, self.unit_noise, self.target)
+        drifted, reached = match_action_spread(policy, self.probe, self.unit_noise, self.target)
         return drifted / self.target, reached / self.target
 
 

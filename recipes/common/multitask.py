@@ -18,6 +18,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.collectors import Collector
 
+from ript.algos.policy import evaluating
 from ript.envs import NormStats, make_libero_env, make_pi0_transforms, push_contexts
 from ript.envs import keys as K
 
@@ -109,12 +110,8 @@ class TaskWorkers:
     @torch.no_grad()
     def evaluate(self, actor: Any, init_states: Sequence[int], repeats: int = 1) -> dict[str, float]:
         """Success rate per task over init_states x repeats episodes (policy in eval mode)."""
-        was_training = actor.training
-        actor.eval()
-        try:
+        with evaluating(actor):
             return self.success_by_task(self.run([list(init_states)] * len(self.tasks), repeats))
-        finally:
-            actor.train(was_training)
 
     def close(self) -> None:
         self.collector.shutdown()

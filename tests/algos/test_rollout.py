@@ -57,7 +57,8 @@ def test_match_action_spread_sets_the_acting_noise_scale():
     probe = TensorDict({("observation", "state"): torch.randn(64, 4)}, batch_size=[64])
     unit = torch.randn(4, 64, 3, 2, generator=torch.Generator().manual_seed(1))
     start = action_spread(policy, probe, unit)
-    reached = match_action_spread(policy, probe, unit, 1.3 * start)
+    found, reached = match_action_spread(policy, probe, unit, 1.3 * start)
+    assert found == pytest.approx(start)  # measured once at the old scale, then corrected
     assert abs(reached / (1.3 * start) - 1) < 0.03 and policy.noise_scale > 1.1
     assert action_spread(policy, probe, unit) == pytest.approx(reached)
     # acting uses the scale: recorded noise is scaled, and re-integrating it gives the acted chunk
