@@ -15,7 +15,8 @@ so this recipe builds one, reproducibly, on a CPU:
      tokenised, by the same transforms the RL env uses
   4. training: flow matching through `PI0Actor.per_sample_loss`; +-shift pixel random-shift
      augmentation; AdamW, warm-up then constant LR (a checkpoint after k steps equals a
-     run with --steps k)
+     run with --steps k), and with --decay-steps a linear decay to 0 over the last steps
+     (the run equals the constant one until the decay starts)
   5. evaluation per task on held-out init states every --eval-every steps (the BC curve);
      a checkpoint is saved in lerobot format with its norm stats as lerobot processors at
      every evaluation, so `policy.path=<out>_step<k>` works in the RIPT recipe.
@@ -49,6 +50,7 @@ from ript.envs.transforms import PI0StateTransform, PI0TokenizeTransform
 from ript.recipes.collect_demos import ACTION_KEY, EPISODES_FILE, IMAGE_KEY, STATE_KEY, WRIST_KEY
 from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.multitask import TaskWorkers
+from ript.recipes.common.optim import make_scheduler
 
 STATE_DIM, ACTION_DIM = 8, 7
 
@@ -77,6 +79,7 @@ class BCConfig:
     batch_size: int = 32
     lr: float = 3e-4
     warmup_steps: int = 100
+    decay_steps: int = 0  # linear LR decay to 0 over the last N steps (0 = constant after warm-up)
     weight_decay: float = 1e-4
     shift_px: int = 6
     eval_every: int = 1000  # 0 = only at the end
@@ -239,7 +242,8 @@ def train(cfg: BCConfig, log=print) -> dict[str, Any]:
         f"{time.perf_counter() - t0:.0f}s; tiny PI0 with {n_params / 1e6:.2f}M parameters, {image_size}px images")
     params = [p for p in actor.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
+    scheduler = make_scheduler(optimizer, schedule="wsd", warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
+                               min_lr_ratio=0.0, decay_steps=cfg.decay_steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     curve: list[dict[str, Any]] = []
     meta = {"demos": info["demos"], "demos_per_task": info["demos_per_task"], "frames": info["frames"],
@@ -289,6 +293,8 @@ def parse_args(argv: list[str] | None = None) -> BCConfig:
     cfg = BCConfig(**vars(args))
     if cfg.steps < 1 or cfg.batch_size < 1:
         parser.error(f"--steps and --batch-size must be >= 1, got {cfg.steps} and {cfg.batch_size}")
+    if not 0 <= cfg.decay_steps <= cfg.steps:
+        parser.error(f"--decay-steps must be within 0..--steps ({cfg.steps}), got {cfg.decay_steps}")
     if set(cfg.demo_init_states) & set(cfg.eval_init_states):
         parser.error("--eval-init-states must not overlap --demo-init-states (held-out evaluation)")
     if not Path(cfg.dataset).is_dir():

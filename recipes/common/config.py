@@ -103,9 +103,10 @@ class OptimConfig:
     minibatch_size: int = 8
     grad_accum_steps: int = 1
     max_grad_norm: float = 1.0
-    schedule: str = "constant"  # constant | cosine
+    schedule: str = "constant"  # constant | cosine | wsd (constant, then linear decay over the last decay_steps)
     warmup_steps: int = 0  # optimizer steps of linear warm-up
-    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    decay_steps: int = 0  # wsd: optimizer steps of the final linear decay
+    min_lr_ratio: float = 0.1  # cosine / wsd floor as a fraction of lr
     max_consecutive_nonfinite: int = 10  # skipped (NaN/inf) update steps in a row before the run stops
 
 
@@ -192,7 +193,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "env.suite": _SUITES,
     "policy.kind": ("pi0", "mlp"),
     "algo.mode": ("weighted", "cfg"),
-    "optim.schedule": ("constant", "cosine"),
+    "optim.schedule": ("constant", "cosine", "wsd"),
     "amp": ("off", "bf16", "fp16"),
     "logging.wandb": ("online", "offline", "disabled"),
     "sampling.strategy": ("uniform", "curriculum"),
@@ -346,6 +347,8 @@ def validate(cfg: RIPTConfig) -> None:
     need(o.grad_accum_steps >= 1, "optim.grad_accum_steps must be >= 1")
     need(o.max_grad_norm > 0, "optim.max_grad_norm must be > 0")
     need(o.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+    need(o.decay_steps >= 0, "optim.decay_steps must be >= 0")
+    need(o.schedule != "wsd" or o.decay_steps > 0, "optim.schedule=wsd needs optim.decay_steps > 0 (the steps of its final decay)")
     need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]")
     need(o.max_consecutive_nonfinite >= 1, f"optim.max_consecutive_nonfinite={o.max_consecutive_nonfinite} must be >= 1")
     # The smallest batch an iteration can yield is target_groups full groups of decision steps (>= 1 step each).

@@ -256,7 +256,8 @@ def make_optimization(cfg: RIPTConfig, policy: FlowMatchingPolicy, device: torch
     o = cfg.optim
     optimizer = make_optimizer(policy.parameters(), o.lr, o.weight_decay, o.betas)
     scheduler = make_scheduler(
-        optimizer, schedule=o.schedule, warmup_steps=o.warmup_steps, total_steps=expected_optimizer_steps(cfg), min_lr_ratio=o.min_lr_ratio
+        optimizer, schedule=o.schedule, warmup_steps=o.warmup_steps, total_steps=expected_optimizer_steps(cfg),
+        min_lr_ratio=o.min_lr_ratio, decay_steps=o.decay_steps,
     )
     return Optimization(optimizer, scheduler, make_grad_scaler(cfg.amp, device))
 

@@ -1,7 +1,9 @@
 """Optimizer, LR schedule, mixed precision and early stopping, built from the config.
 
 Schedules are per optimizer step: linear warm-up to `lr` over `warmup_steps`, then
-constant or cosine down to `min_lr_ratio * lr` at `total_steps`. AMP: bf16 autocast
+constant, cosine down to `min_lr_ratio * lr` at `total_steps`, or "wsd" (warm-up,
+stable, decay): constant, then linear down to `min_lr_ratio * lr` over the last
+`decay_steps`, so a run equals the constant one until its decay starts. AMP: bf16 autocast
 on CUDA (no scaler needed), fp16 autocast + GradScaler as an option, nothing on CPU.
 """
 
@@ -25,7 +27,7 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(betas[0], betas[1]))
 
 
-def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int, min_lr_ratio: float, decay_steps: int = 0) -> float:
     """Multiplier of the base LR at optimizer step `step` (0-based)."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -35,14 +37,21 @@ def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int, 
         span = max(1, total_steps - warmup_steps)
         progress = min(1.0, (step - warmup_steps) / span)
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    raise ConfigError(f"optim.schedule={schedule!r} is unknown: use constant or cosine")
+    if schedule == "wsd":
+        left = total_steps - step  # steps still to take, this one included
+        if decay_steps <= 0 or left > decay_steps:
+            return 1.0
+        return min_lr_ratio + (1 - min_lr_ratio) * max(left, 0) / decay_steps
+    raise ConfigError(f"optim.schedule={schedule!r} is unknown: use constant, cosine or wsd")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, *, schedule: str, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: torch.optim.Optimizer, *, schedule: str, warmup_steps: int, total_steps: int,
+                   min_lr_ratio: float, decay_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR whose state (last_epoch) checkpoints and resumes exactly."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: lr_factor(s, schedule=schedule, warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=min_lr_ratio),
+        lambda s: lr_factor(s, schedule=schedule, warmup_steps=warmup_steps, total_steps=total_steps,
+                            min_lr_ratio=min_lr_ratio, decay_steps=decay_steps),
     )
 
 

@@ -24,6 +24,12 @@ def test_overlapping_eval_states_are_rejected(tmp_path):
         bc_pretrain.parse_args(["--dataset", str(tmp_path), "--demo-init-states", "0", "1", "--eval-init-states", "1"])
 
 
+def test_decay_longer_than_the_run_is_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bc_pretrain.parse_args(["--dataset", str(tmp_path), "--steps", "10", "--decay-steps", "11"])
+    assert "--decay-steps" in capsys.readouterr().err
+
+
 def test_missing_dataset_names_the_command_that_writes_it(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bc_pretrain.parse_args(["--dataset", str(tmp_path / "nope")])

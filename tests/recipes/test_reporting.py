@@ -88,6 +88,15 @@ def test_lr_schedule_warmup_then_cosine_to_floor() -> None:
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
 
 
+def test_wsd_schedule_equals_constant_until_its_linear_decay() -> None:
+    f = [lr_factor(s, schedule="wsd", warmup_steps=2, total_steps=10, min_lr_ratio=0.0, decay_steps=4) for s in range(11)]
+    const = [lr_factor(s, schedule="constant", warmup_steps=2, total_steps=10, min_lr_ratio=0.0) for s in range(11)]
+    assert f[:6] == const[:6]  # a snapshot before the decay equals the constant run's
+    assert f[6:10] == pytest.approx([1.0, 0.75, 0.5, 0.25]) and f[10] == 0.0
+    assert lr_factor(9, schedule="wsd", warmup_steps=0, total_steps=10, min_lr_ratio=0.2, decay_steps=4) == pytest.approx(0.4)
+    assert lr_factor(3, schedule="wsd", warmup_steps=0, total_steps=10, min_lr_ratio=0.0) == 1.0  # no decay steps: constant
+
+
 def test_early_stopping() -> None:
     es = EarlyStopping(patience=2, min_delta=0.05)
     assert es.update(0.2) and not es.should_stop
