@@ -75,6 +75,7 @@ class PolicyConfig:
     num_inference_steps: int = 5  # flow-matching integration steps when sampling
     tokenizer_path: Optional[str] = None  # local tokenizer; None = a locally built tiny tokenizer
     cfg_conditioning: bool = False  # add the CFGRL optimality embedding (needed by algo.mode=cfg)
+    noise_scale: Optional[float] = None  # acting noise multiplier (a temperature); None = the checkpoint's, 1.0 for a fresh policy
 
 
 @dataclass
@@ -339,6 +340,8 @@ def validate(cfg: RIPTConfig) -> None:
     need(0.0 <= a.p_uncond < 1.0, f"algo.p_uncond={a.p_uncond} must be in [0, 1)")
     need(not (a.mode == "cfg" and p.kind == "pi0" and not p.cfg_conditioning),
          "algo.mode=cfg needs an optimality-conditioned policy: set policy.cfg_conditioning=true")
+    need(p.noise_scale is None or p.noise_scale > 0,
+         f"policy.noise_scale={p.noise_scale} must be > 0 (1.0 samples the policy as trained)")
     need(o.lr > 0, f"optim.lr={o.lr} must be > 0")
     need(o.weight_decay >= 0, "optim.weight_decay must be >= 0")
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas must be two numbers in [0, 1), e.g. [0.9,0.95]")

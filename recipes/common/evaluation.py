@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
+from ript.algos.policy import evaluating
+
 from .config import RIPTConfig
 from .eval_table import EpisodeResult
 from .factories import max_decision_steps, push_episodes
 from .video import episode_frames
 
 
-@torch.no_grad()
 def evaluate(
     cfg: RIPTConfig,
     env: Any,
@@ -45,30 +46,28 @@ def evaluate(
     results: dict[int, list[bool]] = defaultdict(list)
     videos: list[list[np.ndarray]] = []
     horizon = max_decision_steps(cfg)
-    was_training = policy.training
-    policy.eval()
-    for start in range(0, len(todo), n_workers):
-        chunk = todo[start : start + n_workers]
-        # idle workers replay the first context; their episodes are not counted
-        episodes = [{"task_id": t, "init_state_id": s, "group_id": -1} for t, s in chunk + [chunk[0]] * (n_workers - len(chunk))]
-        push_episodes(env, episodes, n_workers)
-        traj = env.rollout(horizon, policy, break_when_any_done=False, break_when_all_done=True)
-        done = traj.get(("next", "done")).reshape(n_workers, traj.shape[-1], -1).any(-1)
-        succ = traj.get(("next", "success")).reshape(n_workers, traj.shape[-1], -1).any(-1)
-        for w, (task, _) in enumerate(chunk):
-            end = int(done[w].nonzero()[0]) if done[w].any() else traj.shape[-1] - 1
-            ok = bool(succ[w, : end + 1].any())
-            results[task].append(ok)
-            if episodes_out is not None:
-                raw = traj[w, 0].get("task", "") if "task" in traj.keys() else ""
-                instruction = getattr(raw, "data", raw)
-                episodes_out.append(EpisodeResult(cfg.env.suite, task, str(instruction), chunk[w][1], ok, end + 1))
-            if record_video and len(videos) < max_videos:
-                cams = _camera_streams(traj[w, : end + 1])
-                if cams:
-                    videos.append(episode_frames(cams, ok))
-    env.clear_contexts()
-    policy.train(was_training)
+    with evaluating(policy):  # the training flag comes back even if an env worker fails
+        for start in range(0, len(todo), n_workers):
+            chunk = todo[start : start + n_workers]
+            # idle workers replay the first context; their episodes are not counted
+            episodes = [{"task_id": t, "init_state_id": s, "group_id": -1} for t, s in chunk + [chunk[0]] * (n_workers - len(chunk))]
+            push_episodes(env, episodes, n_workers)
+            traj = env.rollout(horizon, policy, break_when_any_done=False, break_when_all_done=True)
+            done = traj.get(("next", "done")).reshape(n_workers, traj.shape[-1], -1).any(-1)
+            succ = traj.get(("next", "success")).reshape(n_workers, traj.shape[-1], -1).any(-1)
+            for w, (task, _) in enumerate(chunk):
+                end = int(done[w].nonzero()[0]) if done[w].any() else traj.shape[-1] - 1
+                ok = bool(succ[w, : end + 1].any())
+                results[task].append(ok)
+                if episodes_out is not None:
+                    raw = traj[w, 0].get("task", "") if "task" in traj.keys() else ""
+                    instruction = getattr(raw, "data", raw)
+                    episodes_out.append(EpisodeResult(cfg.env.suite, task, str(instruction), chunk[w][1], ok, end + 1))
+                if record_video and len(videos) < max_videos:
+                    cams = _camera_streams(traj[w, : end + 1])
+                    if cams:
+                        videos.append(episode_frames(cams, ok))
+        env.clear_contexts()
     trials = [s for v in results.values() for s in v]
     metrics = {"eval/success_rate": sum(trials) / len(trials), "eval/episodes": len(trials)}
     for task, v in sorted(results.items()):

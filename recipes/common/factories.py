@@ -44,6 +44,13 @@ def max_decision_steps(cfg: RIPTConfig) -> int:
 
 def make_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
     """PI0 (a local lerobot checkpoint, or tiny and randomly initialised) or the flow-matching MLP."""
+    policy = _build_policy(cfg, device)
+    if cfg.policy.noise_scale is not None:  # else the checkpoint's own (actor.json), 1.0 for a fresh policy
+        policy.noise_scale = float(cfg.policy.noise_scale)
+    return policy
+
+
+def _build_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
     p = cfg.policy
     cfg_head = cfg.algo.mode == "cfg" or p.cfg_conditioning
     guidance = cfg.algo.guidance if cfg.algo.mode == "cfg" else None

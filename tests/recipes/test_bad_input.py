@@ -115,6 +115,7 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
     ("zero_step_timeout", lambda f: [*TOY, "env.step_timeout_s=0"], "env.step_timeout_s=0"),
     ("zero_nonfinite_limit", lambda f: [*TOY, "optim.max_consecutive_nonfinite=0"], "optim.max_consecutive_nonfinite=0"),
     ("wsd_without_decay", lambda f: [*TOY, "optim.schedule=wsd"], "optim.decay_steps > 0"),
+    ("zero_noise_scale", lambda f: [*TOY, "policy.noise_scale=0"], "policy.noise_scale=0.0 must be > 0"),
     ("toy_tolerance", lambda f: [*TOY, "env.toy_success_tol=0.9"], "env.toy_success_tol=0.9"),
     ("fp16_on_cpu", lambda f: [*TOY, "amp=fp16"], "amp=fp16 needs CUDA"),
     ("existing_run_no_resume", lambda f: [*TOY, f"logging.output_dir={f['run']}"], "checkpoint.resume=auto"),

@@ -30,6 +30,16 @@ def test_inheritance_and_overrides() -> None:
     assert cfg.amp == "off"  # YAML's off -> False is mapped back
 
 
+def test_noise_scale_override_reaches_the_built_policy() -> None:
+    import torch
+
+    from ript.recipes.common.factories import make_policy
+
+    assert make_policy(load_config("toy"), torch.device("cpu")).noise_scale == 1.0
+    policy = make_policy(load_config("toy", ["policy.noise_scale=1.5"]), torch.device("cpu"))
+    assert policy.noise_scale == pytest.approx(1.5)
+
+
 @pytest.mark.parametrize(
     "overrides, needle",
     [
