@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         iterations.append(point)
         snapshot()
         log(f"it {it:2d} rollouts " + ", ".join(f"{t} {r:.2f}" for t, r in point["train_success"].items())
-            + (f" | spread x{metrics['spread_before']:.3f} -> noise x{actor.noise_scale:.3f}" if "spread" in metrics else "")
+            + (f" | spread x{metrics['spread_before']:.3f} -> noise x{actor.noise_scale:.3f}" if spread is not None and spread.ready else "")
             + f" | kept {point['kept_groups']} dropped {point['dropped_groups']} steps {point['kept_steps']} "
             f"| collect {t_collect:.0f}s update {step_s - t_collect:.0f}s | {ript_s / 60:.1f} RIPT min")
         if cfg.eval_every and it % cfg.eval_every == 0:
