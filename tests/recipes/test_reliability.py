@@ -287,3 +287,26 @@ def test_curriculum_stops_drawing_mastered_contexts(tmp_path: Path, monkeypatch:
         if some_open:
             assert not (set(got) & mastered), (mastered, got)
     assert max(int(r["sampling/mastered_contexts"]) for r in _rows(out)) >= 1
+
+
+def test_an_env_fault_during_evaluation_leaves_the_policy_in_training_mode() -> None:
+    from ript.recipes.common.config import load_config
+    from ript.recipes.common.evaluation import evaluate
+
+    class FailingEnv:
+        batch_size = torch.Size([1])
+
+        def clear_contexts(self) -> None:
+            pass
+
+        def push_contexts(self, queue, worker: int = 0) -> None:
+            pass
+
+        def rollout(self, *args, **kwargs):
+            raise RuntimeError("env worker died")
+
+    policy = torch.nn.Linear(1, 1)
+    policy.train()
+    with pytest.raises(RuntimeError, match="env worker died"):
+        evaluate(load_config("toy"), FailingEnv(), policy, record_video=False)
+    assert policy.training  # an outer supervisor can restart the env and train on
