@@ -43,6 +43,7 @@ import torch
 import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
 from ript.algos import GroupLOOAdvantage, RIPTCFGLoss
 from ript.algos.pi0_actor import PI0Actor
+from ript.algos.policy import evaluating
 from ript.algos.rollout import SpreadKeeper, make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
 from ript.envs import NormStats
 from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, read_bc_config
@@ -203,10 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if res is not None:
                 kept.append(res)
 
-        actor.eval()
-        with torch.no_grad():
+        with evaluating(actor):
             results = runner.run(picks, cfg.group_size, on_batch=feed)
-        actor.train()
         t_collect = time.perf_counter() - t0
         stats = advantage.stats()
         metrics: dict[str, float] = {}

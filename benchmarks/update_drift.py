@@ -41,6 +41,7 @@ from tensordict import TensorDict, TensorDictBase
 import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
 from ript.algos import GroupLOOAdvantage, RIPTCFGLoss
 from ript.algos.pi0_actor import PI0Actor
+from ript.algos.policy import evaluating
 from ript.algos.rollout import make_replay_buffer, refill_replay_buffer, update_policy
 from ript.envs import NormStats
 from ript.recipes.common.cli import dataclass_parser
@@ -93,9 +94,8 @@ def collect_iteration(actor: PI0Actor, ckpt: Path, bc: dict[str, Any], cfg: Drif
     kept: list[TensorDictBase] = []
     rng = torch.Generator().manual_seed(cfg.seed + 1)
     picks = draw_group_starts(cfg.train_init_states, cfg.groups_per_task, len(bc["tasks"]), rng)
-    actor.eval()
     try:
-        with torch.no_grad():
+        with evaluating(actor):
             runner.run(picks, cfg.group_size, on_batch=lambda b: kept.append(r) if (r := advantage(b)) is not None else None)
     finally:
         runner.close()
@@ -111,16 +111,13 @@ def draws(n: int, shape: tuple[int, int], count: int, seed: int) -> list[tuple[t
         return [(torch.randn(n, *shape), beta.sample((n,)) * 0.999 + 0.001) for _ in range(count)]
 
 
-@torch.no_grad()
 def mean_losses(actor: PI0Actor, td: TensorDictBase, nt: list, groups: dict[str, torch.Tensor]) -> dict[str, float]:
     """Per-group mean flow-matching loss of `actor` on `td` under the fixed draws (eval mode)."""
-    was = actor.training
-    actor.eval()
     per = []
-    for noise, time_ in nt:
-        per.append(torch.cat([actor.per_sample_loss(td[i:i + 128], noise=noise[i:i + 128],
-                                                    time=time_[i:i + 128]) for i in range(0, td.shape[0], 128)]))
-    actor.train(was)
+    with evaluating(actor):
+        for noise, time_ in nt:
+            per.append(torch.cat([actor.per_sample_loss(td[i:i + 128], noise=noise[i:i + 128],
+                                                        time=time_[i:i + 128]) for i in range(0, td.shape[0], 128)]))
     loss = torch.stack(per).mean(0)
     return {name: float(loss[mask].mean()) for name, mask in groups.items() if mask.any()}
 
