@@ -50,7 +50,7 @@ from ript.envs.transforms import PI0StateTransform, PI0TokenizeTransform
 from ript.recipes.collect_demos import ACTION_KEY, EPISODES_FILE, IMAGE_KEY, STATE_KEY, WRIST_KEY
 from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.multitask import TaskWorkers
-from ript.recipes.common.optim import make_scheduler
+from ript.recipes.common.optim import make_optimizer, make_scheduler
 
 STATE_DIM, ACTION_DIM = 8, 7
 
@@ -241,7 +241,7 @@ def train(cfg: BCConfig, log=print) -> dict[str, Any]:
     log(f"{info['frames']} frames from {info['demos']} demos {info['demos_per_task']} loaded in "
         f"{time.perf_counter() - t0:.0f}s; tiny PI0 with {n_params / 1e6:.2f}M parameters, {image_size}px images")
     params = [p for p in actor.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay, [0.9, 0.95])
     scheduler = make_scheduler(optimizer, schedule="wsd", warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                                min_lr_ratio=0.0, decay_steps=cfg.decay_steps)
     gen = torch.Generator().manual_seed(cfg.seed)

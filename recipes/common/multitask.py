@@ -107,7 +107,6 @@ class TaskWorkers:
             per[self.tasks[w]] += oks
         return {t: sum(per[t]) / max(len(per[t]), 1) for t in self.tasks}
 
-    @torch.no_grad()
     def evaluate(self, actor: Any, init_states: Sequence[int], repeats: int = 1) -> dict[str, float]:
         """Success rate per task over init_states x repeats episodes (policy in eval mode)."""
         with evaluating(actor):
