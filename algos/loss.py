@@ -22,6 +22,15 @@ share. With leave-one-out advantages (zero mean per group) the self-normalised
 weights keep the step size of behaviour cloning; the temperature sets how
 sharply successes are preferred, w_max caps any single sample's influence.
 
+`positive_only` (weighted mode; filtered self-imitation): only samples with A > 0
+enter the advantage term, and the weights are self-normalised over them; failures
+get weight 0. Why: a failed episode runs to the horizon while a success ends early,
+so failures are most of a batch's steps and, with positive weights, keep a large
+share of the loss even at a low temperature: the update imitates them. Measured on
+LIBERO (tiny PI0, held-out libero_spatial): six updates on expert steps alone kept
+success at 0.60 (start 0.58); the same updates with the policy's own failed steps
+beside the expert steps took it to 0.24.
+
 `cfg` (CFGRL, Frans et al. 2025): each sample gets the optimality label
 POSITIVE if A > 0 else NEGATIVE, replaced by UNCONDITIONAL with probability
 `p_uncond`; L = mean_i l_i(label_i) (unweighted). The policy then samples with
@@ -73,6 +82,8 @@ class RIPTCFGLoss(LossModule):
         temperature: T in w = exp(A_n / T) (weighted mode).
         w_max: upper clip of the self-normalised weight (weighted mode).
         normalize_advantage: divide advantages by their batch std first (weighted mode).
+        positive_only: train the advantage term on samples with A > 0 only (weighted mode;
+            filtered self-imitation, see the module docstring).
         p_uncond: probability of dropping a label to UNCONDITIONAL (cfg mode).
         sync_across_ranks: all-reduce the batch statistics over the default process
             group and scale the loss for DDP's gradient average (set it when this
@@ -122,6 +133,7 @@ class RIPTCFGLoss(LossModule):
         temperature: float = 1.0,
         w_max: float = 20.0,
         normalize_advantage: bool = True,
+        positive_only: bool = False,
         p_uncond: float = 0.1,
         sync_across_ranks: bool = False,
         reference: FlowMatchingPolicy | None = None,
@@ -139,6 +151,8 @@ class RIPTCFGLoss(LossModule):
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         if w_max < 1:
             raise ValueError(f"w_max must be >= 1 (the mean self-normalised weight is 1), got {w_max}.")
+        if positive_only and mode != "weighted":
+            raise ValueError("positive_only applies to mode='weighted' only (cfg mode labels failures NEGATIVE instead).")
         if not 0.0 <= p_uncond <= 1.0:
             raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}.")
         self.policy = policy
@@ -146,6 +160,7 @@ class RIPTCFGLoss(LossModule):
         self.temperature = float(temperature)
         self.w_max = float(w_max)
         self.normalize_advantage = normalize_advantage
+        self.positive_only = bool(positive_only)
         self.p_uncond = float(p_uncond)
         self.sync_across_ranks = bool(sync_across_ranks)
         if anchor_coef < 0 or (anchor_coef > 0 and reference is None):
@@ -241,6 +256,8 @@ class RIPTCFGLoss(LossModule):
         noise = tensordict.get(keys.noise, None)
         time = tensordict.get(keys.time, None)
         positive = advantage > 0
+        if self.positive_only:  # failures leave the advantage term (the anchor still covers every valid step)
+            main = main & positive
         if self.mode == "weighted":
             per_sample = self.policy.per_sample_loss(policy_td, noise=noise, time=time)
             weights = self.advantage_weights(advantage, main).to(per_sample)

@@ -75,6 +75,7 @@ class LearnConfig:
     buffer_iterations: int = 1  # train on the kept steps of the last N iterations (1 = on-policy; >1 as AWR's FIFO buffer)
     temperature: float = 1.0
     w_max: float = 5.0
+    positive_only: bool = False  # weighted mode: failures get weight 0 (filtered self-imitation; RIPTCFGLoss positive_only)
     anchor: float = 0.0  # RIPTCFGLoss anchor_coef: pull towards the start policy's samples (frozen copy); 0 = off
     anchor_all_states: bool = False  # anchor on every collected step, also of all-fail/all-success groups (needs --anchor > 0)
     target_steps: int = 0  # train on the acted noise re-integrated with this many Euler steps (relabel_chunks); 0 = on the acted chunks
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = LearnConfig(**vars(parser.parse_args(argv)))
     if cfg.mode not in ("weighted", "cfg"):
         parser.error(f"--mode {cfg.mode}: use weighted or cfg")
+    if cfg.positive_only and cfg.mode != "weighted":
+        parser.error("--positive-only applies to --mode weighted only")
     if cfg.buffer_iterations < 1:
         parser.error("--buffer-iterations must be >= 1 (1 trains on the latest iteration only)")
     if cfg.group_size < 2:
@@ -164,8 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     evaluate = lambda: runner.evaluate(actor, cfg.eval_init_states, cfg.eval_repeats)  # noqa: E731
     advantage = GroupLOOAdvantage(cfg.group_size, drop_uninformative=not cfg.anchor_all_states)
     reference = copy.deepcopy(actor) if cfg.anchor > 0 else None
-    loss_module = RIPTCFGLoss(actor, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, p_uncond=cfg.p_uncond,
-                              reference=reference, anchor_coef=cfg.anchor, anchor_num_steps=cfg.target_steps or None)
+    loss_module = RIPTCFGLoss(actor, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, positive_only=cfg.positive_only,
+                              p_uncond=cfg.p_uncond, reference=reference, anchor_coef=cfg.anchor, anchor_num_steps=cfg.target_steps or None)
     optimizer = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     buffer = make_replay_buffer(cfg.buffer_iterations * cfg.groups_per_task * len(tasks) * cfg.group_size * 80)
     recent: deque = deque(maxlen=cfg.buffer_iterations)  # kept steps per iteration, newest last

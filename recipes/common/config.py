@@ -87,6 +87,7 @@ class AlgoConfig:
     max_context_draws: int = 8  # cap on contexts tried per iteration (dynamic sampling)
     weight_temperature: float = 1.0
     weight_clip: float = 5.0
+    positive_only: bool = False  # weighted mode: train on steps with a positive advantage only (filtered self-imitation)
     p_uncond: float = 0.1  # CFG: probability of dropping the optimality label
     guidance: float = 1.5  # CFG: w in v = v_u + w (v_pos - v_u) when sampling
     anchor_coef: float = 0.0  # > 0: also fit the start policy's samples (frozen copy; a KL-to-reference term, one more policy in memory)
@@ -337,6 +338,7 @@ def validate(cfg: RIPTConfig) -> None:
     need(a.anchor_coef >= 0, f"algo.anchor_coef={a.anchor_coef} must be >= 0 (0 turns the reference anchor off)")
     need(not a.anchor_all_states or a.anchor_coef > 0, "algo.anchor_all_states=true needs algo.anchor_coef > 0 (it widens the anchor)")
     need(a.target_steps >= 0, f"algo.target_steps={a.target_steps} must be >= 0 (0 trains on the acted chunks)")
+    need(not (a.positive_only and a.mode != "weighted"), "algo.positive_only=true applies to algo.mode=weighted only")
     need(0.0 <= a.p_uncond < 1.0, f"algo.p_uncond={a.p_uncond} must be in [0, 1)")
     need(not (a.mode == "cfg" and p.kind == "pi0" and not p.cfg_conditioning),
          "algo.mode=cfg needs an optimality-conditioned policy: set policy.cfg_conditioning=true")

@@ -213,7 +213,7 @@ def make_loss(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, sync_across_ranks:
     # the anchor's reference is the policy as built, before any resume: always the run's starting point
     reference = copy.deepcopy(policy) if a.anchor_coef > 0 else None
     return RIPTCFGLoss(
-        policy, mode=a.mode, temperature=a.weight_temperature, w_max=a.weight_clip, p_uncond=a.p_uncond, sync_across_ranks=sync_across_ranks,
+        policy, mode=a.mode, temperature=a.weight_temperature, w_max=a.weight_clip, positive_only=a.positive_only, p_uncond=a.p_uncond, sync_across_ranks=sync_across_ranks,
         reference=reference, anchor_coef=a.anchor_coef, anchor_num_steps=a.target_steps or None,
     )
 

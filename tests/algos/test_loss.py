@@ -161,3 +161,29 @@ def test_uninformative_steps_count_for_the_anchor_only():
     td2["advantage"][10] = 50.0
     torch.manual_seed(4)
     torch.testing.assert_close(loss(td2)["loss_ript_cfg"], out["loss_ript_cfg"])
+
+
+def test_positive_only_trains_on_successes_alone():
+    """Filtered self-imitation: failures (A <= 0) add nothing, the successes' weights are normalised among themselves."""
+    p = _policy()
+    adv = torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3, 2 / 3, 2 / 3, -2 / 3, -2 / 3]).unsqueeze(-1)
+    td = _td(8, adv)
+    noise, time = torch.randn(8, 3, 2), torch.rand(8)
+    td.set("fm_noise", noise)
+    td.set("fm_time", time)
+    loss = RIPTCFGLoss(p, temperature=2.0, w_max=20.0, positive_only=True)
+    out = loss(td)
+    pos = adv.reshape(-1) > 0
+    per_sample = p.per_sample_loss(td, noise=noise, time=time)
+    w_pos = loss.advantage_weights(adv.reshape(-1)[pos])  # statistics over the successes only
+    assert torch.allclose(out["loss_ript_cfg"], (w_pos * per_sample[pos]).sum() / pos.sum(), atol=1e-6)
+    assert out["frac_positive"] == 1.0
+    # a failure's chunk has no influence on the loss or its gradient
+    moved = td.clone()
+    moved["action_chunk"][~pos] += 5.0
+    assert torch.allclose(loss(moved)["loss_ript_cfg"], out["loss_ript_cfg"], atol=1e-6)
+    # a batch without a success trains on nothing (loss 0, not NaN)
+    none = loss(_td(4, -torch.ones(4, 1) / 3))
+    assert none["loss_ript_cfg"] == 0
+    with pytest.raises(ValueError, match="positive_only applies to mode='weighted'"):
+        RIPTCFGLoss(p.__class__(obs_dim=4, action_dim=2, chunk_size=3, hidden=8, depth=1, supports_cfg=True), mode="cfg", positive_only=True)

@@ -110,6 +110,7 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
     ("zero_iterations", lambda f: [*TOY, "train.iterations=0"], "train.iterations=0"),
     ("negative_anchor", lambda f: [*TOY, "algo.anchor_coef=-0.1"], "algo.anchor_coef=-0.1 must be >= 0"),
     ("anchor_all_states_without_anchor", lambda f: [*TOY, "algo.anchor_all_states=true"], "needs algo.anchor_coef > 0"),
+    ("positive_only_in_cfg", lambda f: [*TOY, "algo.mode=cfg", "algo.positive_only=true"], "algo.positive_only=true applies to algo.mode=weighted"),
     ("target_out_of_range", lambda f: [*TOY, "sampling.success_rate_target=1.5"], "sampling.success_rate_target"),
     ("bad_strategy", lambda f: [*TOY, "sampling.strategy=hardest"], "sampling.strategy"),
     ("zero_step_timeout", lambda f: [*TOY, "env.step_timeout_s=0"], "env.step_timeout_s=0"),

@@ -18,6 +18,7 @@ def bench(import_benchmark):
     (["--mode", "ppo"], "use weighted or cfg"),
     (["--tasks", "libero_10:0"], "not among the checkpoint's tasks"),
     (["--anchor-all-states"], "needs --anchor > 0"),
+    (["--positive-only", "--mode", "cfg"], "--positive-only applies to --mode weighted only"),
     (["--target-steps", "-1"], "--target-steps must be >= 0"),
 ])
 def test_bad_settings_fail_before_any_env_starts(bench, capsys, argv, message):
