@@ -178,6 +178,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
 
+    def save_policy(path: Path) -> None:
+        """The policy with the checkpoint's bc_config.json: usable as another run's --checkpoint."""
+        actor.save_pretrained(path)
+        shutil.copy2(ckpt / "bc_config.json", path / "bc_config.json")
+
     t_eval = time.perf_counter()
     evals = [{"iteration": 0, "success": reused_start(cfg, tasks) if cfg.reuse_start else evaluate(), "ript_minutes": 0.0}]
     log(f"start (held-out, {len(cfg.eval_init_states) * cfg.eval_repeats} eps/task, {time.perf_counter() - t_eval:.0f}s): "
@@ -215,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if kept:
             data = torch.cat(kept, 0)
             data = data.select(*stored_keys(actor, data), strict=False)
+            if cfg.positive_only and cfg.anchor == 0:  # failures would only cost forward passes at weight 0
+                data = data[data.get("advantage").reshape(-1) > 0]
             if spread is not None and not spread.ready:  # the start policy's spread on iteration 1's observations
                 spread.set_probe(actor, data)
             if cfg.target_steps:
@@ -230,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ript_s += step_s
         point = {"iteration": it, "train_success": runner.success_by_task(results), "kept_groups": stats.get("kept_groups", 0),
                  "dropped_groups": stats.get("dropped_groups", 0), "kept_steps": stats.get("kept_steps", 0),
+                 "trained_steps": recent[-1].shape[0] if kept else 0,
                  "anchor_only_steps": stats.get("uninformative_steps", 0),
                  "loss": metrics.get("loss_mean", metrics.get("fm_loss_mean")), "weight_max": metrics.get("weight_max"),
                  "fm_loss": metrics.get("fm_loss_mean"), "anchor_loss": metrics.get("anchor_loss"),
@@ -237,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "collect_s": round(t_collect, 1), "update_s": round(step_s - t_collect, 1), "ript_minutes": round(ript_s / 60, 2)}
         iterations.append(point)
         snapshot()
+        save_policy(out / "latest_policy")  # a stopped run keeps its policy too
         log(f"it {it:2d} rollouts " + ", ".join(f"{t} {r:.2f}" for t, r in point["train_success"].items())
             + (f" | spread x{metrics['spread_before']:.3f} -> noise x{actor.noise_scale:.3f}" if spread is not None and spread.ready else "")
             + f" | kept {point['kept_groups']} dropped {point['dropped_groups']} steps {point['kept_steps']} "
@@ -255,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"mean gain {gain:+.3f} over {len(iterations)} iterations, {ript_s / 60:.1f} RIPT minutes: "
         f"{'PASS' if result['passes'] else 'FAIL'} (target +0.20, no task worse)")
     plot(result, out / "learning_libero.png")
-    actor.save_pretrained(out / "final_policy")
+    save_policy(out / "final_policy")
     if cfg.save_results:
         results_dir = REPO / "benchmarks" / "results"
         results_dir.mkdir(parents=True, exist_ok=True)
