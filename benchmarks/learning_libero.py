@@ -2,7 +2,7 @@
 
 Start: the behaviour-cloned tiny PI0 shipped in configs/pretrained/ (scripted demos of
 three tasks from three suites; `recipes/collect_demos.py` + `recipes/bc_pretrain.py`).
-Then RIPT-CFG on its own rollouts only, no demonstrations:
+Then RIPT-CFG on its own rollouts (no demonstrations unless --demo-replay):
 
 - one LIBERO worker per task (ParallelEnv, each in its own suite) with the PI0 transforms,
   driven by a torchrl Collector;
@@ -11,7 +11,9 @@ Then RIPT-CFG on its own rollouts only, no demonstrations:
   whose K outcomes agree are dropped; kept decision steps go to the replay buffer
   (with --anchor-all-states the dropped groups' steps go there too, for the anchor only);
 - epochs x minibatches of RIPTCFGLoss (weighted or cfg) with AdamW and clipping
-  (`ript.algos.rollout.update_policy`, the recipe's own update);
+  (`ript.algos.rollout.update_policy`, the recipe's own update); --positive-only trains on
+  the successes' steps alone (filtered self-imitation), --demo-replay N adds N expert demos
+  per task from training init states to every iteration's steps (advantage +1);
 - held-out evaluation: init states 40-49 (never in a demo nor in RIPT's groups), each
   `eval_repeats` times: 50 episodes per task at the start, every `eval_every` iterations
   and at the end. Training stops before an iteration of average length would take the RIPT
@@ -76,6 +78,8 @@ class LearnConfig:
     temperature: float = 1.0
     w_max: float = 5.0
     positive_only: bool = False  # weighted mode: failures get weight 0 (filtered self-imitation; RIPTCFGLoss positive_only)
+    demo_replay: int = 0  # expert demos per task replayed beside every iteration's own steps (advantage +1, RLPD-style); 0 = off
+    demo_dataset: str = ""  # the LeRobotDataset they come from (empty: the one the checkpoint was cloned on)
     anchor: float = 0.0  # RIPTCFGLoss anchor_coef: pull towards the start policy's samples (frozen copy); 0 = off
     anchor_all_states: bool = False  # anchor on every collected step, also of all-fail/all-success groups (needs --anchor > 0)
     target_steps: int = 0  # train on the acted noise re-integrated with this many Euler steps (relabel_chunks); 0 = on the acted chunks
@@ -128,6 +132,26 @@ def reused_start(cfg: LearnConfig, tasks: list[str]) -> dict[str, float]:
     return {t: prev["evals"][0]["success"][t] for t in tasks}
 
 
+def expert_steps(actor: PI0Actor, dataset: str, bc_config: dict[str, Any], init_states: list[int]) -> "TensorDict":
+    """The demos of `init_states` (every task) at the policy's decision steps, shaped like kept rollout steps.
+
+    Why: replayed beside the policy's own steps (RLPD's symmetric sampling), they hold the update on the
+    behaviour the policy was cloned from. Each gets advantage +1 (a sure success) and a full action mask.
+    """
+    from tensordict import TensorDict  # noqa: F401  (the annotation)
+
+    from ript.recipes.bc_pretrain import BCConfig, load_demos
+
+    demos, _, _ = load_demos(BCConfig(dataset=dataset, repo_id=bc_config["repo_id"], demo_init_states=init_states,
+                                      chunk_size=actor.chunk_size), actor)
+    demos = demos[:: int(bc_config["n_action_steps"])]  # about one frame per replanning step
+    n = demos.shape[0]
+    demos.set("advantage", torch.ones(n, 1))
+    demos.set("episode_return", torch.ones(n, 1))
+    demos.set("informative", torch.ones(n, 1, dtype=torch.bool))
+    return demos
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = dataclass_parser(LearnConfig, __doc__.splitlines()[0])
     cfg = LearnConfig(**vars(parser.parse_args(argv)))
@@ -135,12 +159,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--mode {cfg.mode}: use weighted or cfg")
     if cfg.positive_only and cfg.mode != "weighted":
         parser.error("--positive-only applies to --mode weighted only")
+    if cfg.demo_replay < 0:
+        parser.error("--demo-replay must be >= 0 (0 trains on the policy's own rollouts only)")
     if cfg.buffer_iterations < 1:
         parser.error("--buffer-iterations must be >= 1 (1 trains on the latest iteration only)")
     if cfg.group_size < 2:
         parser.error("--group-size must be >= 2 (leave-one-out advantages need two rollouts)")
     if cfg.anchor_all_states and cfg.anchor <= 0:
         parser.error("--anchor-all-states needs --anchor > 0 (it widens the anchor to every collected step)")
+    if cfg.demo_replay and cfg.target_steps:
+        parser.error("--demo-replay cannot be combined with --target-steps (demos have no acting noise to re-integrate)")
     if cfg.target_steps < 0:
         parser.error("--target-steps must be >= 0 (0 trains on the acted chunks)")
     if set(cfg.train_init_states) & set(cfg.eval_init_states):
@@ -157,6 +185,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"--tasks {' '.join(unknown)}: not among the checkpoint's tasks {tasks}")
         tasks = [t for t in tasks if t in cfg.tasks]
 
+    demo_dataset = cfg.demo_dataset or bc["config"]["dataset"]
+    if cfg.demo_replay and not (Path(demo_dataset) / "meta").is_dir():
+        parser.error(f"--demo-replay: no LeRobotDataset at {demo_dataset}; pass --demo-dataset (written by recipes/collect_demos.py)")
+
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(2)
     actor = PI0Actor.from_pretrained(ckpt, device="cpu", supports_cfg=cfg.mode == "cfg",
@@ -170,10 +202,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loss_module = RIPTCFGLoss(actor, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, positive_only=cfg.positive_only,
                               p_uncond=cfg.p_uncond, reference=reference, anchor_coef=cfg.anchor, anchor_num_steps=cfg.target_steps or None)
     optimizer = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    buffer = make_replay_buffer(cfg.buffer_iterations * cfg.groups_per_task * len(tasks) * cfg.group_size * 80)
+    buffer = make_replay_buffer(cfg.buffer_iterations * len(tasks) * (cfg.groups_per_task * cfg.group_size * 80 + cfg.demo_replay * 40))
     recent: deque = deque(maxlen=cfg.buffer_iterations)  # kept steps per iteration, newest last
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = torch.Generator().manual_seed(cfg.seed + 1)
+    demo_rng = torch.Generator().manual_seed(cfg.seed + 3)  # its own stream: the groups' init states stay those of a run without demos
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
@@ -217,11 +250,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t_collect = time.perf_counter() - t0
         stats = advantage.stats()
         metrics: dict[str, float] = {}
+        data = None
         if kept:
             data = torch.cat(kept, 0)
             data = data.select(*stored_keys(actor, data), strict=False)
             if cfg.positive_only and cfg.anchor == 0:  # failures would only cost forward passes at weight 0
                 data = data[data.get("advantage").reshape(-1) > 0]
+        if cfg.demo_replay:  # fresh expert demos every iteration, from training init states only
+            starts = torch.randperm(len(cfg.train_init_states), generator=demo_rng)[: cfg.demo_replay]
+            demos = expert_steps(actor, demo_dataset, bc["config"], [cfg.train_init_states[int(i)] for i in starts])
+            if data is None:  # every own group was dropped: the demos alone
+                data = demos.select(*stored_keys(actor, demos))
+            else:  # own steps train on their whole chunk, as without demos
+                data.set("action_mask", torch.ones(data.shape[0], actor.chunk_size, dtype=torch.bool))
+                data = torch.cat([data, demos.select(*data.keys(True, True))], 0)
+        if data is not None:
             if spread is not None and not spread.ready:  # the start policy's spread on iteration 1's observations
                 spread.set_probe(actor, data)
             if cfg.target_steps:
@@ -237,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ript_s += step_s
         point = {"iteration": it, "train_success": runner.success_by_task(results), "kept_groups": stats.get("kept_groups", 0),
                  "dropped_groups": stats.get("dropped_groups", 0), "kept_steps": stats.get("kept_steps", 0),
-                 "trained_steps": recent[-1].shape[0] if kept else 0,
+                 "trained_steps": data.shape[0] if data is not None else 0,
                  "anchor_only_steps": stats.get("uninformative_steps", 0),
                  "loss": metrics.get("loss_mean", metrics.get("fm_loss_mean")), "weight_max": metrics.get("weight_max"),
                  "fm_loss": metrics.get("fm_loss_mean"), "anchor_loss": metrics.get("anchor_loss"),

@@ -133,3 +133,23 @@ def test_bc_run_saves_a_checkpoint_the_recipe_loads(demo_dir, tmp_path):
     # the demo's statistics, not identity: its gripper actions are +-1, its state sits far from 0
     assert 0.5 < float(norm.action_std[6]) < 1.5 and not torch.allclose(norm.state_mean, torch.zeros(8))
     assert np.isfinite(norm.state_std.numpy()).all()
+
+
+@pytest.mark.slow
+def test_replayed_demos_are_decision_steps_the_rl_update_trains_on(demo_dir, import_benchmark):
+    """learning_libero --demo-replay: expert steps shaped like kept rollout steps (advantage +1), every replanning step."""
+    from ript.algos import RIPTCFGLoss
+    from ript.recipes.common.factories import stored_keys
+
+    bench = import_benchmark("learning_libero")
+    cfg = bc_pretrain.parse_args(["--dataset", str(demo_dir), "--demo-init-states", "0", "--eval-init-states", "45", *TINY])
+    actor = bc_pretrain.make_actor(cfg, image_size=32)
+    steps = bench.expert_steps(actor, str(demo_dir), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0])
+    frames, _, info = bc_pretrain.load_demos(cfg, actor)
+    assert steps.shape[0] == -(-info["frames"] // 5)
+    assert torch.equal(steps[K_CHUNK], frames[K_CHUNK][::5]) and torch.equal(steps["action_mask"], frames["action_mask"][::5])
+    assert (steps["advantage"] == 1).all() and steps["informative"].all()
+    out = RIPTCFGLoss(actor, positive_only=True)(steps.select(*stored_keys(actor, steps)))
+    assert torch.isfinite(out["loss_ript_cfg"]) and out["loss_ript_cfg"] > 0 and out["frac_positive"] == 1
+    with pytest.raises(FileNotFoundError, match="collect_demos.py"):
+        bench.expert_steps(actor, str(demo_dir.parent / "none"), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0])

@@ -20,6 +20,9 @@ def bench(import_benchmark):
     (["--anchor-all-states"], "needs --anchor > 0"),
     (["--positive-only", "--mode", "cfg"], "--positive-only applies to --mode weighted only"),
     (["--target-steps", "-1"], "--target-steps must be >= 0"),
+    (["--demo-replay", "-1"], "--demo-replay must be >= 0"),
+    (["--demo-replay", "2", "--target-steps", "20"], "cannot be combined with --target-steps"),
+    (["--demo-replay", "2", "--demo-dataset", "/nonexistent/demos"], "no LeRobotDataset at /nonexistent/demos"),
 ])
 def test_bad_settings_fail_before_any_env_starts(bench, capsys, argv, message):
     with pytest.raises(SystemExit):
