@@ -50,7 +50,7 @@ from ript.envs.transforms import PI0StateTransform, PI0TokenizeTransform
 from ript.recipes.collect_demos import ACTION_KEY, EPISODES_FILE, IMAGE_KEY, STATE_KEY, WRIST_KEY
 from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.multitask import TaskWorkers
-from ript.recipes.common.optim import make_optimizer, make_scheduler
+from ript.recipes.common.optim import WeightEMA, make_optimizer, make_scheduler
 
 STATE_DIM, ACTION_DIM = 8, 7
 
@@ -82,6 +82,7 @@ class BCConfig:
     decay_steps: int = 0  # linear LR decay to 0 over the last N steps (0 = constant after warm-up)
     weight_decay: float = 1e-4
     shift_px: int = 6
+    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights (e.g. 0.995); 0 = the raw weights
     eval_every: int = 1000  # 0 = only at the end
     save_every: int = 0  # extra snapshots <out>_step<N> without evaluation (0 = none), to pick a start later
     seed: int = 0
@@ -245,6 +246,8 @@ def train(cfg: BCConfig, log=print) -> dict[str, Any]:
     scheduler = make_scheduler(optimizer, schedule="wsd", warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                                min_lr_ratio=0.0, decay_steps=cfg.decay_steps)
     gen = torch.Generator().manual_seed(cfg.seed)
+    ema = WeightEMA(actor, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    shipped = ema.model if ema is not None else actor  # what evaluations and checkpoints see
     curve: list[dict[str, Any]] = []
     meta = {"demos": info["demos"], "demos_per_task": info["demos_per_task"], "frames": info["frames"],
             "params": n_params, "camera_size": camera_size, "tasks": tasks}
@@ -262,23 +265,25 @@ def train(cfg: BCConfig, log=print) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update(actor)
             losses.append(loss.item())
             if step % 50 == 0:
                 log(f"step {step}/{cfg.steps} loss {np.mean(losses[-50:]):.4f} ({(time.perf_counter() - t_train) / step:.2f} s/step)")
             if not ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
                 if cfg.save_every and step % cfg.save_every == 0:
-                    save_checkpoint(actor, norm, cfg, out.parent / f"{out.name}_step{step}",
+                    save_checkpoint(shipped, norm, cfg, out.parent / f"{out.name}_step{step}",
                                     {"curve": curve, "saved_at_step": step, **meta})
                 continue
             minutes = (time.perf_counter() - t_train) / 60
             t_eval = time.perf_counter()
-            workers = workers or TaskWorkers(actor, norm, tasks, camera_size, seed=cfg.seed)
-            rates = workers.evaluate(actor, cfg.eval_init_states)
+            workers = workers or TaskWorkers(shipped, norm, tasks, camera_size, seed=cfg.seed)
+            rates = workers.evaluate(shipped, cfg.eval_init_states)
             point = {"step": step, "train_minutes": round(minutes, 2), "success": rates, "loss": float(np.mean(losses[-50:]))}
             curve.append(point)
             log(f"eval step {step} ({minutes:.1f} train min): " + ", ".join(f"{t} {r:.2f}" for t, r in rates.items())
                 + f" on init states {cfg.eval_init_states} ({time.perf_counter() - t_eval:.0f}s)")
-            save_checkpoint(actor, norm, cfg, out if step == cfg.steps else out.parent / f"{out.name}_step{step}",
+            save_checkpoint(shipped, norm, cfg, out if step == cfg.steps else out.parent / f"{out.name}_step{step}",
                             {"curve": curve, **meta})
             t_train += time.perf_counter() - t_eval  # training minutes exclude evaluation
     finally:
@@ -295,6 +300,8 @@ def parse_args(argv: list[str] | None = None) -> BCConfig:
         parser.error(f"--steps and --batch-size must be >= 1, got {cfg.steps} and {cfg.batch_size}")
     if not 0 <= cfg.decay_steps <= cfg.steps:
         parser.error(f"--decay-steps must be within 0..--steps ({cfg.steps}), got {cfg.decay_steps}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        parser.error(f"--ema-decay must be in [0, 1) (0 saves the raw weights), got {cfg.ema_decay}")
     if set(cfg.demo_init_states) & set(cfg.eval_init_states):
         parser.error("--eval-init-states must not overlap --demo-init-states (held-out evaluation)")
     if not Path(cfg.dataset).is_dir():

@@ -58,6 +58,7 @@ class TaskWorkers:
 
     def __init__(self, actor: Any, norm: NormStats, tasks: Sequence[str], camera_size: int, seed: int = 0) -> None:
         self.tasks = list(tasks)
+        self.actor = actor  # the collector acts with this one
         specs = [parse_task(t) for t in self.tasks]
         config = actor.policy.config
         transforms = make_pi0_transforms(norm, image_size=config.image_resolution[0], tokenizer=actor.tokenizer,
@@ -109,6 +110,8 @@ class TaskWorkers:
 
     def evaluate(self, actor: Any, init_states: Sequence[int], repeats: int = 1) -> dict[str, float]:
         """Success rate per task over init_states x repeats episodes (policy in eval mode)."""
+        if actor is not self.actor:
+            raise ValueError("TaskWorkers acts with the policy it was built with: build a TaskWorkers for this one")
         with evaluating(actor):
             return self.success_by_task(self.run([list(init_states)] * len(self.tasks), repeats))
 

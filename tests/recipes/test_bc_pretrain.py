@@ -41,3 +41,9 @@ def test_relative_policy_path_resolves_from_repo_root(tmp_path, monkeypatch):
     assert resolve_repo_path("configs") == str(CONFIG_DIR)
     assert resolve_repo_path("no/such/dir") == "no/such/dir"
     assert resolve_repo_path(None) is None
+
+
+def test_ema_decay_outside_its_range_is_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bc_pretrain.parse_args(["--dataset", str(tmp_path), "--ema-decay", "1"])
+    assert "--ema-decay must be in [0, 1)" in capsys.readouterr().err

@@ -115,7 +115,8 @@ def test_bc_run_saves_a_checkpoint_the_recipe_loads(demo_dir, tmp_path):
 
     out = tmp_path / "ckpt"
     result = bc_pretrain.main(["--dataset", str(demo_dir), "--out", str(out), "--demo-init-states", "0",
-                               "--eval-init-states", "45", "--steps", "2", "--batch-size", "4", "--eval-every", "0", "--save-every", "1", *TINY])
+                               "--eval-init-states", "45", "--steps", "2", "--batch-size", "4", "--eval-every", "0", "--save-every", "1",
+                               "--ema-decay", "0.99", *TINY])  # the averaged weights are what is evaluated and saved
     assert result["demos"] == 1 and len(result["curve"]) == 1
     # --save-every keeps an unevaluated snapshot per N steps beside the final checkpoint
     snapshot = json.loads((tmp_path / "ckpt_step1" / "bc_config.json").read_text())

@@ -107,3 +107,24 @@ def test_early_stopping() -> None:
     restored.load_state_dict(es.state_dict())
     assert restored.should_stop and restored.best == 0.4
     assert not EarlyStopping(patience=0).should_stop
+
+
+def test_weight_ema_warms_up_then_averages_and_leaves_the_model_alone():
+    from ript.recipes.common.optim import WeightEMA
+
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = WeightEMA(model, decay=0.9)
+    assert not any(p.requires_grad for p in ema.model.parameters()) and model.weight.requires_grad
+    assert ema.current_decay() == pytest.approx(1 / 10)  # warm-up: the first update is mostly the new weights
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), 0.9))
+    for _ in range(200):
+        ema.update(model)
+    assert ema.current_decay() == 0.9 and torch.allclose(ema.model.weight, torch.ones(1, 2), atol=1e-6)
+    assert torch.equal(model.weight, torch.ones(1, 2))  # the trained model is never touched
+    with pytest.raises(ValueError, match="decay must be in"):
+        WeightEMA(model, decay=1.0)
