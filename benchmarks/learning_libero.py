@@ -41,6 +41,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from tensordict import TensorDict
 
 import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
 from ript.algos import GroupLOOAdvantage, RIPTCFGLoss
@@ -48,6 +49,7 @@ from ript.algos.pi0_actor import PI0Actor
 from ript.algos.policy import evaluating
 from ript.algos.rollout import SpreadKeeper, make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
 from ript.envs import NormStats
+from ript.recipes.bc_pretrain import BCConfig, load_demos
 from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, read_bc_config
 from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.config import resolve_repo_path
@@ -132,16 +134,12 @@ def reused_start(cfg: LearnConfig, tasks: list[str]) -> dict[str, float]:
     return {t: prev["evals"][0]["success"][t] for t in tasks}
 
 
-def expert_steps(actor: PI0Actor, dataset: str, bc_config: dict[str, Any], init_states: list[int]) -> "TensorDict":
+def expert_steps(actor: PI0Actor, dataset: str, bc_config: dict[str, Any], init_states: list[int]) -> TensorDict:
     """The demos of `init_states` (every task) at the policy's decision steps, shaped like kept rollout steps.
 
     Why: replayed beside the policy's own steps (RLPD's symmetric sampling), they hold the update on the
     behaviour the policy was cloned from. Each gets advantage +1 (a sure success) and a full action mask.
     """
-    from tensordict import TensorDict  # noqa: F401  (the annotation)
-
-    from ript.recipes.bc_pretrain import BCConfig, load_demos
-
     demos, _, _ = load_demos(BCConfig(dataset=dataset, repo_id=bc_config["repo_id"], demo_init_states=init_states,
                                       chunk_size=actor.chunk_size), actor)
     demos = demos[:: int(bc_config["n_action_steps"])]  # about one frame per replanning step
@@ -263,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 data = demos.select(*stored_keys(actor, demos))
             else:  # own steps train on their whole chunk, as without demos
                 data.set("action_mask", torch.ones(data.shape[0], actor.chunk_size, dtype=torch.bool))
-                data = torch.cat([data, demos.select(*data.keys(True, True))], 0)
+                shared = [k for k in data.keys(True, True) if k in demos.keys(True, True)]  # not task_id: the update never reads it
+                data = torch.cat([data.select(*shared), demos.select(*shared)], 0)
         if data is not None:
             if spread is not None and not spread.ready:  # the start policy's spread on iteration 1's observations
                 spread.set_probe(actor, data)
