@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     actor.record_noise = cfg.target_steps > 0  # lerobot's own noise draws, kept for relabel_chunks
     norm = NormStats.from_lerobot_checkpoint(ckpt)
     runner = TaskWorkers(actor, norm, tasks, camera_size, seed=cfg.seed)
-    evaluate = lambda: runner.evaluate(actor, cfg.eval_init_states, cfg.eval_repeats)  # noqa: E731
+    evaluate = lambda: runner.evaluate(cfg.eval_init_states, cfg.eval_repeats)  # noqa: E731
     advantage = GroupLOOAdvantage(cfg.group_size, drop_uninformative=not cfg.anchor_all_states)
     reference = copy.deepcopy(actor) if cfg.anchor > 0 else None
     loss_module = RIPTCFGLoss(actor, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, positive_only=cfg.positive_only,

@@ -278,7 +278,7 @@ def train(cfg: BCConfig, log=print) -> dict[str, Any]:
             minutes = (time.perf_counter() - t_train) / 60
             t_eval = time.perf_counter()
             workers = workers or TaskWorkers(shipped, norm, tasks, camera_size, seed=cfg.seed)
-            rates = workers.evaluate(shipped, cfg.eval_init_states)
+            rates = workers.evaluate(cfg.eval_init_states)
             point = {"step": step, "train_minutes": round(minutes, 2), "success": rates, "loss": float(np.mean(losses[-50:]))}
             curve.append(point)
             log(f"eval step {step} ({minutes:.1f} train min): " + ", ".join(f"{t} {r:.2f}" for t, r in rates.items())
