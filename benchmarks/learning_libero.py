@@ -49,7 +49,7 @@ from ript.algos.pi0_actor import PI0Actor
 from ript.algos.policy import evaluating
 from ript.algos.rollout import SpreadKeeper, make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
 from ript.envs import NormStats
-from ript.recipes.bc_pretrain import BCConfig, load_demos
+from ript.recipes.bc_pretrain import BCConfig, demo_info, load_demos
 from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, read_bc_config
 from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.config import resolve_repo_path
@@ -141,8 +141,7 @@ def expert_steps(actor: PI0Actor, dataset: str, bc_config: dict[str, Any], init_
     behaviour the policy was cloned from. Each gets advantage +1 (a sure success) and a full action mask.
     """
     demos, _, _ = load_demos(BCConfig(dataset=dataset, repo_id=bc_config["repo_id"], demo_init_states=init_states,
-                                      chunk_size=actor.chunk_size), actor)
-    demos = demos[:: int(bc_config["n_action_steps"])]  # about one frame per replanning step
+                                      chunk_size=actor.chunk_size), actor, stride=int(bc_config["n_action_steps"]))
     n = demos.shape[0]
     demos.set("advantage", torch.ones(n, 1))
     demos.set("episode_return", torch.ones(n, 1))
@@ -186,6 +185,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     demo_dataset = cfg.demo_dataset or bc["config"]["dataset"]
     if cfg.demo_replay and not (Path(demo_dataset) / "meta").is_dir():
         parser.error(f"--demo-replay: no LeRobotDataset at {demo_dataset}; pass --demo-dataset (written by recipes/collect_demos.py)")
+
+    demo_states = []  # training init states the dataset holds demos of (a smaller dataset replays among fewer)
+    if cfg.demo_replay:
+        held = {ep["init_state_id"] for ep in demo_info(BCConfig(dataset=demo_dataset))["episodes"]}
+        demo_states = [s for s in cfg.train_init_states if s in held]
+        if not demo_states:
+            parser.error(f"--demo-replay: {demo_dataset} holds no demo from --train-init-states; collect them with recipes/collect_demos.py")
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(2)
@@ -255,8 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if cfg.positive_only and cfg.anchor == 0:  # failures would only cost forward passes at weight 0
                 data = data[data.get("advantage").reshape(-1) > 0]
         if cfg.demo_replay:  # fresh expert demos every iteration, from training init states only
-            starts = torch.randperm(len(cfg.train_init_states), generator=demo_rng)[: cfg.demo_replay]
-            demos = expert_steps(actor, demo_dataset, bc["config"], [cfg.train_init_states[int(i)] for i in starts])
+            starts = torch.randperm(len(demo_states), generator=demo_rng)[: cfg.demo_replay]
+            demos = expert_steps(actor, demo_dataset, bc["config"], [demo_states[int(i)] for i in starts])
             if data is None:  # every own group was dropped: the demos alone
                 data = demos.select(*stored_keys(actor, demos))
             else:  # own steps train on their whole chunk, as without demos

@@ -143,13 +143,17 @@ def action_chunks(actions: torch.Tensor, episode: torch.Tensor, chunk_size: int)
     return actions[torch.minimum(idx, last[:, None])], valid
 
 
-def load_demos(cfg: BCConfig, actor: PI0Actor) -> tuple[TensorDict, NormStats, dict[str, Any]]:
-    """Every frame of the chosen episodes as the policy sees it, with its next-chunk target.
+def load_demos(cfg: BCConfig, actor: PI0Actor, stride: int = 1) -> tuple[TensorDict, NormStats, dict[str, Any]]:
+    """Every `stride`-th frame of each chosen episode as the policy sees it, with its next-chunk target.
 
     Returns (samples [N], norm stats, info). Samples hold uint8 PI0 images, the normalised
     padded state, the instruction's tokens, the normalised padded action chunk and its mask.
     The dataset is read column-wise through lerobot's LeRobotDataset (its arrow table).
+    A stride (e.g. the policy's replanning period) skips frames before their PNGs are decoded,
+    which is most of the load time; chunks still span the episode's every action.
     """
+    if stride < 1:
+        raise ValueError(f"stride={stride}: must be >= 1 (1 keeps every frame)")
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     info = demo_info(cfg)
@@ -171,6 +175,9 @@ def load_demos(cfg: BCConfig, actor: PI0Actor) -> tuple[TensorDict, NormStats, d
     state = torch.as_tensor(np.stack(table.column(STATE_KEY).to_numpy(zero_copy_only=False)), dtype=torch.float32)
     actions = torch.as_tensor(np.stack(table.column(ACTION_KEY).to_numpy(zero_copy_only=False)), dtype=torch.float32)
     chunks, mask = action_chunks(actions, episode, cfg.chunk_size)
+    if stride > 1:  # frames 0, stride, 2*stride, ... of every episode
+        keep = torch.nonzero(torch.as_tensor(table.column("frame_index").to_numpy().copy()) % stride == 0).flatten()
+        table, episode, state, chunks, mask = table.take(keep.numpy()), episode[keep], state[keep], chunks[keep], mask[keep]
     tokenize = PI0TokenizeTransform(actor.tokenizer, max_length=actor.policy.config.tokenizer_max_length)
     names = {int(i): str(t) for t, i in zip(dataset.meta.tasks.index, dataset.meta.tasks["task_index"])}
     task_index = torch.as_tensor(table.column("task_index").to_numpy().copy())
@@ -185,7 +192,7 @@ def load_demos(cfg: BCConfig, actor: PI0Actor) -> tuple[TensorDict, NormStats, d
         K.LANG_MASK: torch.stack([lmask[int(i)] for i in task_index]),
         K.ACTION_CHUNK: torch.nn.functional.pad(norm.normalize_action(chunks), (0, 32 - ACTION_DIM)),
         "action_mask": mask,
-    }, batch_size=[len(rows)])
+    }, batch_size=[len(episode)])
     info.update(demos=len(chosen), demos_per_task=per_task, frames=len(rows))
     return samples, norm, info
 

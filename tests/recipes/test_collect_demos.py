@@ -137,7 +137,7 @@ def test_bc_run_saves_a_checkpoint_the_recipe_loads(demo_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_replayed_demos_are_decision_steps_the_rl_update_trains_on(demo_dir, import_benchmark):
+def test_replayed_demos_are_decision_steps_the_rl_update_trains_on(demo_dir, import_benchmark, capsys):
     """learning_libero --demo-replay: expert steps shaped like kept rollout steps (advantage +1), every replanning step."""
     from ript.algos import RIPTCFGLoss
     from ript.recipes.common.factories import stored_keys
@@ -154,3 +154,9 @@ def test_replayed_demos_are_decision_steps_the_rl_update_trains_on(demo_dir, imp
     assert torch.isfinite(out["loss_ript_cfg"]) and out["loss_ript_cfg"] > 0 and out["frac_positive"] == 1
     with pytest.raises(FileNotFoundError, match="collect_demos.py"):
         bench.expert_steps(actor, str(demo_dir.parent / "none"), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0])
+    with pytest.raises(ValueError, match="stride=0: must be >= 1"):
+        bc_pretrain.load_demos(cfg, actor, stride=0)
+    # replay draws only among the training init states the dataset holds; none is a one-line error
+    with pytest.raises(SystemExit):
+        bench.main(["--demo-replay", "1", "--demo-dataset", str(demo_dir), "--train-init-states", "5", "--out", str(demo_dir.parent / "ll")])
+    assert "holds no demo from --train-init-states" in capsys.readouterr().err
