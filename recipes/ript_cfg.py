@@ -415,6 +415,8 @@ def _run(
                 data = collected.data.select(*stored_keys(policy, collected.data)) if collected.data is not None else None
                 if spread is not None and data is not None and not spread.ready:  # the spread to hold: the first kept steps'
                     spread.set_probe(policy, data)
+                if data is not None and cfg.algo.positive_only and cfg.algo.anchor_coef == 0:
+                    data = data[data.get("advantage").reshape(-1) > 0]  # failures weigh 0: skip their forward passes (DDP pads a rank left empty)
                 if data is not None and cfg.algo.target_steps:  # train on the flow's own samples of the acted noise
                     data = relabel_chunks(policy, data, cfg.algo.target_steps).exclude("action_noise")
                 n_steps = refill_replay_buffer(buffer, data)

@@ -95,3 +95,16 @@ def test_keep_spread_logs_and_checkpoints_the_acting_noise_scale(tmp_path: Path)
     assert len(rows) == 3 and float(rows[-1]["policy/noise_scale"]) > 0
     state = torch.load(resumed["last_checkpoint"] / "trainer.pt", weights_only=False)
     assert state["extra"]["noise_scale"] == pytest.approx(float(rows[-1]["policy/noise_scale"]))
+
+
+def test_positive_only_trains_on_the_successes_alone(tmp_path: Path) -> None:
+    """algo.positive_only: failed steps leave the buffer (weight 0 anyway), so the update runs fewer minibatches."""
+    common = ["--config-name", "toy", "train.iterations=1", "eval.every=5", "optim.minibatch_size=1"]
+    rows = {}
+    for flag in ("false", "true"):
+        out = main([*common, f"logging.output_dir={tmp_path / flag}", f"algo.positive_only={flag}"])
+        rows[flag] = list(csv.DictReader(open(out["metrics_csv"])))[0]
+    every, pos = rows["false"], rows["true"]
+    assert every["data/decision_steps"] == pos["data/decision_steps"]  # same seeds: the same rollouts were kept
+    assert float(every["loss/frac_positive"]) < 1.0 and float(pos["loss/frac_positive"]) == 1.0
+    assert 0 < int(pos["optim/steps"]) < int(every["optim/steps"])
