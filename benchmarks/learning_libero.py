@@ -134,14 +134,16 @@ def reused_start(cfg: LearnConfig, tasks: list[str]) -> dict[str, float]:
     return {t: prev["evals"][0]["success"][t] for t in tasks}
 
 
-def expert_steps(actor: PI0Actor, dataset: str, bc_config: dict[str, Any], init_states: list[int]) -> TensorDict:
+def expert_steps(actor: PI0Actor, dataset: str, bc_config: dict[str, Any], init_states: list[int], norm: NormStats) -> TensorDict:
     """The demos of `init_states` (every task) at the policy's decision steps, shaped like kept rollout steps.
 
     Why: replayed beside the policy's own steps (RLPD's symmetric sampling), they hold the update on the
     behaviour the policy was cloned from. Each gets advantage +1 (a sure success) and a full action mask.
+    `norm` is the policy's own normalisation: a demo dataset other than the one it was cloned on has other
+    statistics, and normalising with those would hand the update shifted, rescaled targets.
     """
     demos, _, _ = load_demos(BCConfig(dataset=dataset, repo_id=bc_config["repo_id"], demo_init_states=init_states,
-                                      chunk_size=actor.chunk_size), actor, stride=int(bc_config["n_action_steps"]))
+                                      chunk_size=actor.chunk_size), actor, stride=int(bc_config["n_action_steps"]), norm=norm)
     n = demos.shape[0]
     demos.set("advantage", torch.ones(n, 1))
     demos.set("episode_return", torch.ones(n, 1))
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 data = data[data.get("advantage").reshape(-1) > 0]
         if cfg.demo_replay:  # fresh expert demos every iteration, from training init states only
             starts = torch.randperm(len(demo_states), generator=demo_rng)[: cfg.demo_replay]
-            demos = expert_steps(actor, demo_dataset, bc["config"], [demo_states[int(i)] for i in starts])
+            demos = expert_steps(actor, demo_dataset, bc["config"], [demo_states[int(i)] for i in starts], norm)
             if data is None:  # every own group was dropped: the demos alone
                 data = demos.select(*stored_keys(actor, demos))
             else:  # own steps train on their whole chunk, as without demos

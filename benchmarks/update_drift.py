@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.save(data.to_dict(), out / "iteration.pt")
         print(f"collected {data.shape[0]} steps in {time.perf_counter() - t0:.0f}s -> {out / 'iteration.pt'}", flush=True)
     informative = data.get("informative").reshape(-1).bool()
-    held, _, _ = load_demos(BCConfig(dataset=str(dataset), demo_init_states=cfg.eval_init_states), start)
+    held, _, _ = load_demos(BCConfig(dataset=str(dataset), demo_init_states=cfg.eval_init_states), start,
+                            norm=NormStats.from_lerobot_checkpoint(ckpt))  # the policy's normalisation, whatever the dataset
     pick = lambda td, s: td[torch.randperm(td.shape[0], generator=torch.Generator().manual_seed(s))[: cfg.frames]]  # noqa: E731
     held, own = pick(held, 0), pick(data, 1)
     instructions = {ep["task"]: ep["instruction"] for ep in json.loads((dataset / EPISODES_FILE).read_text())}

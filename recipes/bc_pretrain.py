@@ -143,7 +143,7 @@ def action_chunks(actions: torch.Tensor, episode: torch.Tensor, chunk_size: int)
     return actions[torch.minimum(idx, last[:, None])], valid
 
 
-def load_demos(cfg: BCConfig, actor: PI0Actor, stride: int = 1) -> tuple[TensorDict, NormStats, dict[str, Any]]:
+def load_demos(cfg: BCConfig, actor: PI0Actor, stride: int = 1, norm: NormStats | None = None) -> tuple[TensorDict, NormStats, dict[str, Any]]:
     """Every `stride`-th frame of each chosen episode as the policy sees it, with its next-chunk target.
 
     Returns (samples [N], norm stats, info). Samples hold uint8 PI0 images, the normalised
@@ -151,6 +151,9 @@ def load_demos(cfg: BCConfig, actor: PI0Actor, stride: int = 1) -> tuple[TensorD
     The dataset is read column-wise through lerobot's LeRobotDataset (its arrow table).
     A stride (e.g. the policy's replanning period) skips frames before their PNGs are decoded,
     which is most of the load time; chunks still span the episode's every action.
+    `norm`: the statistics of a trained policy, whose own normalisation the samples must use
+    (another dataset's statistics would shift and rescale its targets); default: the dataset's
+    own, which is what a new policy is cloned with.
     """
     if stride < 1:
         raise ValueError(f"stride={stride}: must be >= 1 (1 keeps every frame)")
@@ -171,7 +174,7 @@ def load_demos(cfg: BCConfig, actor: PI0Actor, stride: int = 1) -> tuple[TensorD
     rows = torch.nonzero(torch.isin(episode, torch.as_tensor(chosen))).flatten()
     table = table.take(rows.numpy())
     episode = episode[rows]
-    norm = demo_norm_stats(dataset)
+    norm = demo_norm_stats(dataset) if norm is None else norm
     state = torch.as_tensor(np.stack(table.column(STATE_KEY).to_numpy(zero_copy_only=False)), dtype=torch.float32)
     actions = torch.as_tensor(np.stack(table.column(ACTION_KEY).to_numpy(zero_copy_only=False)), dtype=torch.float32)
     chunks, mask = action_chunks(actions, episode, cfg.chunk_size)

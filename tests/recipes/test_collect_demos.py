@@ -140,20 +140,29 @@ def test_bc_run_saves_a_checkpoint_the_recipe_loads(demo_dir, tmp_path):
 def test_replayed_demos_are_decision_steps_the_rl_update_trains_on(demo_dir, import_benchmark, capsys):
     """learning_libero --demo-replay: expert steps shaped like kept rollout steps (advantage +1), every replanning step."""
     from ript.algos import RIPTCFGLoss
+    from ript.envs import NormStats
     from ript.recipes.common.factories import stored_keys
 
     bench = import_benchmark("learning_libero")
     cfg = bc_pretrain.parse_args(["--dataset", str(demo_dir), "--demo-init-states", "0", "--eval-init-states", "45", *TINY])
     actor = bc_pretrain.make_actor(cfg, image_size=32)
-    steps = bench.expert_steps(actor, str(demo_dir), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0])
-    frames, _, info = bc_pretrain.load_demos(cfg, actor)
+    frames, norm, info = bc_pretrain.load_demos(cfg, actor)
+    steps = bench.expert_steps(actor, str(demo_dir), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0], norm)
     assert steps.shape[0] == -(-info["frames"] // 5)
     assert torch.equal(steps[K_CHUNK], frames[K_CHUNK][::5]) and torch.equal(steps["action_mask"], frames["action_mask"][::5])
     assert (steps["advantage"] == 1).all() and steps["informative"].all()
     out = RIPTCFGLoss(actor, positive_only=True)(steps.select(*stored_keys(actor, steps)))
     assert torch.isfinite(out["loss_ript_cfg"]) and out["loss_ript_cfg"] > 0 and out["frac_positive"] == 1
     with pytest.raises(FileNotFoundError, match="collect_demos.py"):
-        bench.expert_steps(actor, str(demo_dir.parent / "none"), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0])
+        bench.expert_steps(actor, str(demo_dir.parent / "none"), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0], norm)
+    # a policy cloned on other data keeps its own normalisation: the replayed targets use its statistics
+    other = NormStats(state_mean=norm.state_mean + 0.1, state_std=norm.state_std * 1.5,
+                      action_mean=norm.action_mean + 0.2, action_std=norm.action_std * 2.0)
+    theirs = bench.expert_steps(actor, str(demo_dir), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0], other)
+    raw = norm.unnormalize_action(steps[K_CHUNK][..., :7])
+    assert torch.allclose(other.unnormalize_action(theirs[K_CHUNK][..., :7]), raw, atol=1e-5)
+    assert torch.allclose(theirs[K_CHUNK][..., :7], other.normalize_action(raw), atol=1e-5)
+    assert not torch.allclose(theirs[K_CHUNK], steps[K_CHUNK], atol=1e-2)
     with pytest.raises(ValueError, match="stride=0: must be >= 1"):
         bc_pretrain.load_demos(cfg, actor, stride=0)
     # replay draws only among the training init states the dataset holds; none is a one-line error
