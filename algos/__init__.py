@@ -1,7 +1,7 @@
 """algos"""
 
 from .advantages import GroupLOOAdvantage, leave_one_out_advantages
-from .loss import RIPTCFGLoss
+from .loss import RIPTCFGLoss, steps_with_weight
 from .mlp_policy import FlowMatchingMLPPolicy
 from .policy import FlowMatchingPolicy
 from .rollout import (

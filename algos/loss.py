@@ -75,6 +75,13 @@ from .policy import NEGATIVE, POSITIVE, UNCONDITIONAL, FlowMatchingPolicy
 MODES = ("weighted", "cfg")
 
 
+def steps_with_weight(data: TensorDictBase, *, positive_only: bool, anchor_coef: float) -> TensorDictBase:
+    """The steps that carry loss: with `positive_only` and no anchor, failures weigh 0, so skip their forward passes."""
+    if positive_only and anchor_coef == 0:
+        return data[data.get("advantage").reshape(-1) > 0]
+    return data
+
+
 class RIPTCFGLoss(LossModule):
     """RIPT-CFG LossModule (see the module docstring for both modes' formulas).
 

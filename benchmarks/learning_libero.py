@@ -44,7 +44,7 @@ import torch
 from tensordict import TensorDict
 
 import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
-from ript.algos import GroupLOOAdvantage, RIPTCFGLoss
+from ript.algos import GroupLOOAdvantage, RIPTCFGLoss, steps_with_weight
 from ript.algos.pi0_actor import PI0Actor
 from ript.algos.policy import evaluating
 from ript.algos.rollout import SpreadKeeper, make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
@@ -260,8 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if kept:
             data = torch.cat(kept, 0)
             data = data.select(*stored_keys(actor, data), strict=False)
-            if cfg.positive_only and cfg.anchor == 0:  # failures would only cost forward passes at weight 0
-                data = data[data.get("advantage").reshape(-1) > 0]
+            data = steps_with_weight(data, positive_only=cfg.positive_only, anchor_coef=cfg.anchor)
         if cfg.demo_replay:  # fresh expert demos every iteration, from training init states only
             starts = torch.randperm(len(demo_states), generator=demo_rng)[: cfg.demo_replay]
             demos = expert_steps(actor, demo_dataset, bc["config"], [demo_states[int(i)] for i in starts], norm)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
-from ript.algos import GroupLOOAdvantage, SpreadKeeper, make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
+from ript.algos import GroupLOOAdvantage, SpreadKeeper, make_replay_buffer, refill_replay_buffer, relabel_chunks, steps_with_weight, update_policy
 from ript.algos.sampling import ContextSampler
 from ript.recipes.common.checkpoint import CheckpointError, Checkpointer, resolve_resume
 from ript.recipes.common.config import ConfigError, RIPTConfig, run_main, to_dict, to_yaml
@@ -415,8 +415,8 @@ def _run(
                 data = collected.data.select(*stored_keys(policy, collected.data)) if collected.data is not None else None
                 if spread is not None and data is not None and not spread.ready:  # the spread to hold: the first kept steps'
                     spread.set_probe(policy, data)
-                if data is not None and cfg.algo.positive_only and cfg.algo.anchor_coef == 0:
-                    data = data[data.get("advantage").reshape(-1) > 0]  # failures weigh 0: skip their forward passes (DDP pads a rank left empty)
+                if data is not None:  # DDP pads a rank left empty
+                    data = steps_with_weight(data, positive_only=cfg.algo.positive_only, anchor_coef=cfg.algo.anchor_coef)
                 if data is not None and cfg.algo.target_steps:  # train on the flow's own samples of the acted noise
                     data = relabel_chunks(policy, data, cfg.algo.target_steps).exclude("action_noise")
                 n_steps = refill_replay_buffer(buffer, data)
