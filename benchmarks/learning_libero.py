@@ -61,6 +61,8 @@ DEFAULT_CHECKPOINT = "configs/pretrained/tiny_pi0_libero"
 
 @dataclass
 class LearnConfig:
+    """Defaults are run K's settings (README): successes only, 6 expert demos per task replayed each iteration."""
+
     checkpoint: str = DEFAULT_CHECKPOINT
     out: str = "runs/learning_libero"
     tasks: list[str] = field(default_factory=list)  # a subset of the checkpoint's tasks (e.g. one, to rule out interference); empty = all
@@ -72,15 +74,15 @@ class LearnConfig:
     max_iterations: int = 100
     mode: str = "weighted"
     group_size: int = 4
-    groups_per_task: int = 2
-    lr: float = 1e-4
-    epochs: int = 2
+    groups_per_task: int = 4
+    lr: float = 1e-5
+    epochs: int = 4
     minibatch_size: int = 32
     buffer_iterations: int = 1  # train on the kept steps of the last N iterations (1 = on-policy; >1 as AWR's FIFO buffer)
-    temperature: float = 1.0
-    w_max: float = 5.0
-    positive_only: bool = False  # weighted mode: failures get weight 0 (filtered self-imitation; RIPTCFGLoss positive_only)
-    demo_replay: int = 0  # expert demos per task replayed beside every iteration's own steps (advantage +1, RLPD-style); 0 = off
+    temperature: float = 4.0
+    w_max: float = 20.0
+    positive_only: bool = True  # weighted mode: failures get weight 0 (filtered self-imitation; RIPTCFGLoss positive_only)
+    demo_replay: int = 6  # expert demos per task replayed beside every iteration's own steps (advantage +1, RLPD-style); 0 = off
     demo_dataset: str = ""  # the LeRobotDataset they come from (empty: the one the checkpoint was cloned on)
     anchor: float = 0.0  # RIPTCFGLoss anchor_coef: pull towards the start policy's samples (frozen copy); 0 = off
     anchor_all_states: bool = False  # anchor on every collected step, also of all-fail/all-success groups (needs --anchor > 0)
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.mode not in ("weighted", "cfg"):
         parser.error(f"--mode {cfg.mode}: use weighted or cfg")
     if cfg.positive_only and cfg.mode != "weighted":
-        parser.error("--positive-only applies to --mode weighted only")
+        parser.error("--positive-only applies to --mode weighted only; pass --no-positive-only with --mode cfg")
     if cfg.demo_replay < 0:
         parser.error("--demo-replay must be >= 0 (0 trains on the policy's own rollouts only)")
     if cfg.buffer_iterations < 1:
@@ -166,10 +168,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--group-size must be >= 2 (leave-one-out advantages need two rollouts)")
     if cfg.anchor_all_states and cfg.anchor <= 0:
         parser.error("--anchor-all-states needs --anchor > 0 (it widens the anchor to every collected step)")
-    if cfg.demo_replay and cfg.target_steps:
-        parser.error("--demo-replay cannot be combined with --target-steps (demos have no acting noise to re-integrate)")
     if cfg.target_steps < 0:
         parser.error("--target-steps must be >= 0 (0 trains on the acted chunks)")
+    if cfg.demo_replay and cfg.target_steps:
+        parser.error("--demo-replay cannot be combined with --target-steps (demos have no acting noise to re-integrate); pass --demo-replay 0")
     if set(cfg.train_init_states) & set(cfg.eval_init_states):
         parser.error("--eval-init-states must not overlap --train-init-states (held-out evaluation)")
     ckpt = Path(resolve_repo_path(cfg.checkpoint))

@@ -11,13 +11,13 @@ from typing import Any
 
 
 def dataclass_parser(cls: type, description: str) -> argparse.ArgumentParser:
-    """One `--field-name` flag per field of `cls`, typed by its default (bool -> switch, list -> nargs="+")."""
+    """One `--field-name` flag per field of `cls`, typed by its default (bool -> --x/--no-x switch, list -> nargs="+")."""
     parser = argparse.ArgumentParser(description=description)
     defaults: Any = cls()
     for f in dataclasses.fields(cls):
         value, flag = getattr(defaults, f.name), "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
-            parser.add_argument(flag, action="store_true")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)  # --x / --no-x
         elif isinstance(value, list):
             parser.add_argument(flag, type=type(value[0]) if value else str, nargs="+", default=value)  # an empty list default takes strings
         else:

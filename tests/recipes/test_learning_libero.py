@@ -19,9 +19,11 @@ def bench(import_benchmark):
     (["--tasks", "libero_10:0"], "not among the checkpoint's tasks"),
     (["--anchor-all-states"], "needs --anchor > 0"),
     (["--positive-only", "--mode", "cfg"], "--positive-only applies to --mode weighted only"),
+    (["--mode", "cfg"], "pass --no-positive-only with --mode cfg"),  # positive-only is a default
     (["--target-steps", "-1"], "--target-steps must be >= 0"),
     (["--demo-replay", "-1"], "--demo-replay must be >= 0"),
     (["--demo-replay", "2", "--target-steps", "20"], "cannot be combined with --target-steps"),
+    (["--target-steps", "20"], "pass --demo-replay 0"),  # demo replay is a default
     (["--demo-replay", "2", "--demo-dataset", "/nonexistent/demos"], "no LeRobotDataset at /nonexistent/demos"),
 ])
 def test_bad_settings_fail_before_any_env_starts(bench, capsys, argv, message):
