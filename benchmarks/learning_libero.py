@@ -50,9 +50,8 @@ from ript.algos.policy import evaluating
 from ript.algos.rollout import SpreadKeeper, make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
 from ript.envs import NormStats
 from ript.recipes.bc_pretrain import BCConfig, demo_info, load_demos
-from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, read_bc_config
+from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, open_bc_checkpoint
 from ript.recipes.common.cli import dataclass_parser
-from ript.recipes.common.config import resolve_repo_path
 from ript.recipes.common.factories import stored_keys
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,11 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--demo-replay cannot be combined with --target-steps (demos have no acting noise to re-integrate); pass --demo-replay 0")
     if set(cfg.train_init_states) & set(cfg.eval_init_states):
         parser.error("--eval-init-states must not overlap --train-init-states (held-out evaluation)")
-    ckpt = Path(resolve_repo_path(cfg.checkpoint))
-    try:
-        bc = read_bc_config(ckpt)
-    except FileNotFoundError as err:
-        parser.error(str(err))
+    ckpt, bc = open_bc_checkpoint(parser, cfg.checkpoint)
     tasks, camera_size = list(bc["tasks"]), int(bc["camera_size"])
     if cfg.tasks:
         unknown = [t for t in cfg.tasks if t not in tasks]

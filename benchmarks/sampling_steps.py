@@ -28,8 +28,7 @@ from ript.algos.pi0_actor import PI0Actor
 from ript.envs import NormStats, push_contexts
 from ript.envs import keys as K
 from ript.recipes.common.cli import dataclass_parser
-from ript.recipes.common.config import resolve_repo_path
-from ript.recipes.common.multitask import TaskWorkers, read_bc_config
+from ript.recipes.common.multitask import TaskWorkers, open_bc_checkpoint
 
 
 @dataclass
@@ -47,11 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     cfg = StepsConfig(**vars(parser.parse_args(argv)))
     if cfg.samples < 2 or min(cfg.steps + [cfg.baseline_steps]) < 1:
         parser.error("--samples must be >= 2 and every step count >= 1")
-    ckpt = Path(resolve_repo_path(cfg.checkpoint))
-    try:
-        bc = read_bc_config(ckpt)
-    except FileNotFoundError as err:
-        parser.error(str(err))
+    ckpt, bc = open_bc_checkpoint(parser, cfg.checkpoint)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(2)
     actor = PI0Actor.from_pretrained(ckpt, device="cpu")

@@ -48,7 +48,7 @@ from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.config import resolve_repo_path
 from ript.recipes.common.factories import stored_keys
 from ript.recipes.collect_demos import EPISODES_FILE
-from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, read_bc_config
+from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, open_bc_checkpoint
 
 # what a variant may set, with the type it is parsed to
 VARIANT_KEYS = {"lr": float, "epochs": int, "minibatch_size": int, "temperature": float, "w_max": float, "anchor": float}
@@ -131,12 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(str(err))
     if cfg.frames < 1 or cfg.draws < 1 or cfg.group_size < 2:
         parser.error("--frames and --draws must be >= 1 and --group-size >= 2")
-    ckpt = Path(resolve_repo_path(cfg.checkpoint))
+    ckpt, bc = open_bc_checkpoint(parser, cfg.checkpoint)
     dataset = Path(resolve_repo_path(cfg.dataset))
-    try:
-        bc = read_bc_config(ckpt)
-    except FileNotFoundError as err:
-        parser.error(str(err))
     if not all((dataset / name).is_file() for name in ("meta/info.json", EPISODES_FILE)):
         parser.error(f"--dataset {dataset}: no demo dataset there; write it with `python recipes/collect_demos.py --out {dataset}`")
     if cfg.data and not Path(cfg.data).is_file():

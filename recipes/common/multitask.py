@@ -8,6 +8,7 @@ are queued per worker as (init state, group id) contexts and counted by group id
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from ript.algos.policy import evaluating
 from ript.envs import NormStats, make_libero_env, make_pi0_transforms, push_contexts
 from ript.envs import keys as K
 
+from .config import resolve_repo_path
 from .factories import SUITE_MAX_STEPS
 
 Results = dict[int, tuple[int, list[bool]]]  # group id -> (task index, successes)
@@ -33,6 +35,16 @@ def read_bc_config(checkpoint: Path) -> dict[str, Any]:
     if not info.is_file():
         raise FileNotFoundError(f"{checkpoint} has no bc_config.json: pass a checkpoint written by recipes/bc_pretrain.py")
     return json.loads(info.read_text())
+
+
+def open_bc_checkpoint(parser: argparse.ArgumentParser, checkpoint: str) -> tuple[Path, dict[str, Any]]:
+    """A benchmark's --checkpoint resolved from the repo root, with its bc_config.json; else the parser's one-line error."""
+    path = Path(resolve_repo_path(checkpoint))
+    try:
+        return path, read_bc_config(path)
+    except FileNotFoundError as err:
+        parser.error(str(err))
+        raise  # parser.error exits; this line only tells type checkers so
 
 
 def draw_group_starts(init_states: Sequence[int], groups_per_task: int, n_tasks: int, generator: torch.Generator) -> list[list[int]]:
