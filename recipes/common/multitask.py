@@ -43,8 +43,7 @@ def open_bc_checkpoint(parser: argparse.ArgumentParser, checkpoint: str) -> tupl
     try:
         return path, read_bc_config(path)
     except FileNotFoundError as err:
-        parser.error(str(err))
-        raise  # parser.error exits; this line only tells type checkers so
+        parser.error(str(err))  # NoReturn: exits with the one-line message
 
 
 def draw_group_starts(init_states: Sequence[int], groups_per_task: int, n_tasks: int, generator: torch.Generator) -> list[list[int]]:
