@@ -222,6 +222,25 @@ class PI0Actor(FlowMatchingPolicy):
         embed = vlm.embed_tokens.weight  # PaliGemma may tie lm_head to the (used) token embedding
         return [p for m in modules for p in m.parameters() if p is not embed]
 
+    FREEZE_PARTS = ("none", "vision", "trunk")
+
+    def freeze(self, part: str) -> None:
+        """Stop training part of PI0 with lerobot's own switches: "vision" (the image encoder) or "trunk" (the whole VLM).
+
+        Why: RL updates from a few dozen rollouts can move the perception the policy was cloned with; freezing
+        the trunk leaves RIPT to the action expert and its projections. lerobot keeps a frozen part in eval mode
+        through `train()` too. "none" is a no-op.
+        """
+        if part not in self.FREEZE_PARTS:
+            raise ValueError(f"freeze part {part!r}: use one of {self.FREEZE_PARTS}")
+        if part == "none":
+            return
+        pwe = self.policy.model.paligemma_with_expert
+        pwe.freeze_vision_encoder = True
+        pwe.train_expert_only = part == "trunk"
+        pwe._set_requires_grad()  # noqa: SLF001  (lerobot's own freezing, as its constructor runs it)
+        pwe.train(pwe.training)
+
     # -- construction --------------------------------------------------------------------
     @classmethod
     def tiny(

@@ -87,6 +87,7 @@ class LearnConfig:
     anchor_all_states: bool = False  # anchor on every collected step, also of all-fail/all-success groups (needs --anchor > 0)
     target_steps: int = 0  # train on the acted noise re-integrated with this many Euler steps (relabel_chunks); 0 = on the acted chunks
     keep_spread: bool = False  # after every update, rescale the acting noise so the action spread stays the start's (match_action_spread)
+    freeze: str = "none"  # part of PI0 RIPT leaves as cloned: "vision" (image encoder) or "trunk" (whole VLM: only the action expert learns)
     p_uncond: float = 0.1
     guidance: float = 1.5
     seed: int = 0
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--group-size must be >= 2 (leave-one-out advantages need two rollouts)")
     if cfg.anchor_all_states and cfg.anchor <= 0:
         parser.error("--anchor-all-states needs --anchor > 0 (it widens the anchor to every collected step)")
+    if cfg.freeze not in PI0Actor.FREEZE_PARTS:
+        parser.error(f"--freeze {cfg.freeze}: use one of {', '.join(PI0Actor.FREEZE_PARTS)}")
     if cfg.target_steps < 0:
         parser.error("--target-steps must be >= 0 (0 trains on the acted chunks)")
     if cfg.demo_replay and cfg.target_steps:
@@ -196,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(2)
     actor = PI0Actor.from_pretrained(ckpt, device="cpu", supports_cfg=cfg.mode == "cfg",
                                      default_guidance=cfg.guidance if cfg.mode == "cfg" else None)
+    actor.freeze(cfg.freeze)
     actor.record_noise = cfg.target_steps > 0  # lerobot's own noise draws, kept for relabel_chunks
     norm = NormStats.from_lerobot_checkpoint(ckpt)
     runner = TaskWorkers(actor, norm, tasks, camera_size, seed=cfg.seed)

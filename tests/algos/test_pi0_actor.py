@@ -328,3 +328,28 @@ def test_noise_scale_is_saved_and_used_when_acting(tmp_path):
     torch.manual_seed(5)
     unit = loaded.draw_noise(B)
     torch.testing.assert_close(acted["action_chunk"][..., :7], loaded.sample_actions(obs_td(), noise=1.7 * unit)[..., :7], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("part", ["vision", "trunk"])
+def test_freeze_leaves_the_frozen_part_unchanged_and_trains_the_rest(part):
+    actor = make_actor()
+    actor.freeze(part)
+    actor.train()
+    pwe = actor.policy.model.paligemma_with_expert
+    frozen = pwe.paligemma.model.vision_tower if part == "vision" else pwe.paligemma
+    assert not frozen.training  # lerobot keeps a frozen part in eval mode through train()
+    before = {n: p.detach().clone() for n, p in actor.named_parameters()}
+    frozen_names = {n for n, p in actor.named_parameters() if any(p is q for q in frozen.parameters())}
+    opt = torch.optim.SGD([p for p in actor.parameters() if p.requires_grad], lr=1e-2)
+    actor.per_sample_loss(train_td()).mean().backward()
+    opt.step()
+    moved = {n for n, p in actor.named_parameters() if not torch.equal(p, before[n])}
+    assert frozen_names and not (moved & frozen_names)
+    assert any(n.startswith("policy.model.paligemma_with_expert.gemma_expert") for n in moved)
+    if part == "vision":  # the language model still trains
+        assert any(".language_model." in n for n in moved)
+
+
+def test_freeze_rejects_an_unknown_part():
+    with pytest.raises(ValueError, match="use one of"):
+        make_actor().freeze("expert")

@@ -20,6 +20,7 @@ def bench(import_benchmark):
     (["--anchor-all-states"], "needs --anchor > 0"),
     (["--positive-only", "--mode", "cfg"], "--positive-only applies to --mode weighted only"),
     (["--mode", "cfg"], "pass --no-positive-only with --mode cfg"),  # positive-only is a default
+    (["--freeze", "expert"], "--freeze expert: use one of none, vision, trunk"),
     (["--target-steps", "-1"], "--target-steps must be >= 0"),
     (["--demo-replay", "-1"], "--demo-replay must be >= 0"),
     (["--demo-replay", "2", "--target-steps", "20"], "cannot be combined with --target-steps"),
