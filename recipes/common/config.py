@@ -76,6 +76,7 @@ class PolicyConfig:
     tokenizer_path: Optional[str] = None  # local tokenizer; None = a locally built tiny tokenizer
     cfg_conditioning: bool = False  # add the CFGRL optimality embedding (needed by algo.mode=cfg)
     noise_scale: Optional[float] = None  # acting noise multiplier (a temperature); None = the checkpoint's, 1.0 for a fresh policy
+    freeze: str = "none"  # PI0 part left as loaded: vision (image encoder) | trunk (whole VLM: only the action expert trains) | none
 
 
 @dataclass
@@ -194,6 +195,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "env.kind": ("libero", "toy"),
     "env.suite": _SUITES,
     "policy.kind": ("pi0", "mlp"),
+    "policy.freeze": ("none", "vision", "trunk"),  # PI0Actor.FREEZE_PARTS (a test keeps them equal; lerobot stays unimported here)
     "algo.mode": ("weighted", "cfg"),
     "optim.schedule": ("constant", "cosine", "wsd"),
     "amp": ("off", "bf16", "fp16"),
@@ -342,6 +344,7 @@ def validate(cfg: RIPTConfig) -> None:
     need(0.0 <= a.p_uncond < 1.0, f"algo.p_uncond={a.p_uncond} must be in [0, 1)")
     need(not (a.mode == "cfg" and p.kind == "pi0" and not p.cfg_conditioning),
          "algo.mode=cfg needs an optimality-conditioned policy: set policy.cfg_conditioning=true")
+    need(p.freeze == "none" or p.kind == "pi0", f"policy.freeze={p.freeze} applies to policy.kind=pi0 only: set policy.freeze=none")
     need(p.noise_scale is None or p.noise_scale > 0,
          f"policy.noise_scale={p.noise_scale} must be > 0 (1.0 samples the policy as trained)")
     need(o.lr > 0, f"optim.lr={o.lr} must be > 0")

@@ -94,6 +94,7 @@ def _build_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
             n_action_steps=p.n_action_steps,
             num_inference_steps=p.num_inference_steps,
         )
+        actor.freeze(p.freeze)
         return actor.to(device)
     t = p.tiny
     spec = TinyPI0Spec(
@@ -116,6 +117,7 @@ def _build_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
         num_inference_steps=p.num_inference_steps,
         device=str(device),
     )
+    actor.freeze(p.freeze)
     return actor.to(device)
 
 

@@ -40,6 +40,20 @@ def test_noise_scale_override_reaches_the_built_policy() -> None:
     assert policy.noise_scale == pytest.approx(1.5)
 
 
+def test_freeze_reaches_the_loaded_pi0() -> None:
+    import torch
+
+    from ript.algos.pi0_actor import PI0Actor
+    from ript.recipes.common.config import _CHOICES
+    from ript.recipes.common.factories import make_policy
+
+    assert _CHOICES["policy.freeze"] == PI0Actor.FREEZE_PARTS
+    policy = make_policy(load_config("quick_test", ["policy.freeze=trunk"]), torch.device("cpu"))
+    trunk = policy.policy.model.paligemma_with_expert.paligemma
+    assert not any(p.requires_grad for p in trunk.parameters())
+    assert all(p.requires_grad for p in policy.policy.model.paligemma_with_expert.gemma_expert.model.parameters())
+
+
 @pytest.mark.parametrize(
     "overrides, needle",
     [
@@ -54,6 +68,8 @@ def test_noise_scale_override_reaches_the_built_policy() -> None:
         (["eval.init_states=[0]"], "held-out"),
         (["logging.wandb=maybe"], "logging.wandb"),
         (["optim.lr"], "key=value"),
+        (["policy.freeze=expert"], "policy.freeze='expert' is not one of"),
+        (["policy.kind=mlp", "policy.freeze=trunk"], "applies to policy.kind=pi0 only"),
     ],
 )
 def test_bad_configs_raise_one_line(overrides: list[str], needle: str) -> None:
