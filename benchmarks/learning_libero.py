@@ -203,7 +203,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     actor.record_noise = cfg.target_steps > 0  # lerobot's own noise draws, kept for relabel_chunks
     norm = NormStats.from_lerobot_checkpoint(ckpt)
     runner = TaskWorkers(actor, norm, tasks, camera_size, seed=cfg.seed)
-    evaluate = lambda: runner.evaluate(cfg.eval_init_states, cfg.eval_repeats)  # noqa: E731
+
+    def evaluate(iteration: int, ript_minutes: float) -> dict[str, Any]:
+        """One held-out evaluation entry: success per task, and successes per init state (out of eval_repeats)."""
+        results = runner.evaluate_episodes(cfg.eval_init_states, cfg.eval_repeats)
+        return {"iteration": iteration, "success": runner.success_by_task(results),
+                "successes_by_state": runner.successes_by_state(results), "ript_minutes": round(ript_minutes, 2)}
+
     advantage = GroupLOOAdvantage(cfg.group_size, drop_uninformative=not cfg.anchor_all_states)
     reference = copy.deepcopy(actor) if cfg.anchor > 0 else None
     loss_module = RIPTCFGLoss(actor, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, positive_only=cfg.positive_only,
@@ -224,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shutil.copy2(ckpt / "bc_config.json", path / "bc_config.json")
 
     t_eval = time.perf_counter()
-    evals = [{"iteration": 0, "success": reused_start(cfg, tasks) if cfg.reuse_start else evaluate(), "ript_minutes": 0.0}]
+    evals = [{"iteration": 0, "success": reused_start(cfg, tasks), "ript_minutes": 0.0} if cfg.reuse_start else evaluate(0, 0.0)]
     log(f"start (held-out, {len(cfg.eval_init_states) * cfg.eval_repeats} eps/task, {time.perf_counter() - t_eval:.0f}s): "
         + ", ".join(f"{t} {r:.2f}" for t, r in evals[0]["success"].items()))
     iterations: list[dict[str, Any]] = []
@@ -301,16 +307,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             + f" | kept {point['kept_groups']} dropped {point['dropped_groups']} steps {point['kept_steps']} "
             f"| collect {t_collect:.0f}s update {step_s - t_collect:.0f}s | {ript_s / 60:.1f} RIPT min")
         if cfg.eval_every and it % cfg.eval_every == 0:
-            evals.append({"iteration": it, "success": evaluate(), "ript_minutes": round(ript_s / 60, 2)})
+            evals.append(evaluate(it, ript_s / 60))
             log(f"eval it {it}: " + ", ".join(f"{t} {r:.2f}" for t, r in evals[-1]["success"].items()))
     if evals[-1]["iteration"] != len(iterations):
-        evals.append({"iteration": len(iterations), "success": evaluate(), "ript_minutes": round(ript_s / 60, 2)})
+        evals.append(evaluate(len(iterations), ript_s / 60))
     runner.close()
     start, end = evals[0]["success"], evals[-1]["success"]
     gain = sum(end[t] - start[t] for t in tasks) / len(tasks)
     result = snapshot(finished=True, mean_gain=gain, passes=gain >= 0.20 and all(end[t] >= start[t] for t in tasks))
     for t in tasks:
-        log(f"{t}: {start[t]:.2f} -> {end[t]:.2f} ({end[t] - start[t]:+.2f})")
+        by_state = " ".join(str(n) for n in evals[-1]["successes_by_state"][t].values())
+        log(f"{t}: {start[t]:.2f} -> {end[t]:.2f} ({end[t] - start[t]:+.2f}); end successes per held-out state: {by_state}")
     log(f"mean gain {gain:+.3f} over {len(iterations)} iterations, {ript_s / 60:.1f} RIPT minutes: "
         f"{'PASS' if result['passes'] else 'FAIL'} (target +0.20, no task worse)")
     plot(result, out / "learning_libero.png")

@@ -26,7 +26,7 @@ from ript.envs import keys as K
 from .config import resolve_repo_path
 from .factories import SUITE_MAX_STEPS
 
-Results = dict[int, tuple[int, list[bool]]]  # group id -> (task index, successes)
+Results = dict[int, tuple[int, int, list[bool]]]  # group id -> (task index, init state, successes)
 
 
 def read_bc_config(checkpoint: Path) -> dict[str, Any]:
@@ -89,13 +89,13 @@ class TaskWorkers:
 
         `on_batch(batch)` sees every collector batch (e.g. a GroupLOOAdvantage).
         """
-        groups: dict[int, int] = {}
+        groups: dict[int, tuple[int, int]] = {}
         self.env.clear_contexts()
         for w, inits in enumerate(init_states_per_task):
             queue = []
             for init in inits:
                 gid, self.next_group = self.next_group, self.next_group + 1
-                groups[gid] = w
+                groups[gid] = (w, int(init))
                 queue += [{K.INIT_STATE_ID: int(init), K.GROUP_ID: gid}] * repeats
             if queue:
                 push_contexts(self.env, queue, worker=w)
@@ -111,18 +111,30 @@ class TaskWorkers:
                     results[gid].append(bool(ok))
             if on_batch is not None:
                 on_batch(batch)
-        return {g: (groups[g], results[g]) for g in groups}
+        return {g: (*groups[g], results[g]) for g in groups}
 
     def success_by_task(self, results: Results) -> dict[str, float]:
         per: dict[str, list[bool]] = defaultdict(list)
-        for w, oks in results.values():
+        for w, _, oks in results.values():
             per[self.tasks[w]] += oks
         return {t: sum(per[t]) / max(len(per[t]), 1) for t in self.tasks}
 
+    def successes_by_state(self, results: Results) -> dict[str, dict[int, int]]:
+        """Successes per task and init state. Why: repeats of one init state are not independent episodes,
+        so how a rate splits over the states says how many distinct outcomes it rests on."""
+        per: dict[str, dict[int, int]] = {t: defaultdict(int) for t in self.tasks}
+        for w, init, oks in results.values():
+            per[self.tasks[w]][init] += sum(oks)
+        return {t: dict(sorted(v.items())) for t, v in per.items()}
+
     def evaluate(self, init_states: Sequence[int], repeats: int = 1) -> dict[str, float]:
         """Success rate per task of the policy the workers were built with, over init_states x repeats episodes (eval mode)."""
+        return self.success_by_task(self.evaluate_episodes(init_states, repeats))
+
+    def evaluate_episodes(self, init_states: Sequence[int], repeats: int = 1) -> Results:
+        """Every evaluation episode's outcome, by task and init state (eval mode)."""
         with evaluating(self.actor):
-            return self.success_by_task(self.run([list(init_states)] * len(self.tasks), repeats))
+            return self.run([list(init_states)] * len(self.tasks), repeats)
 
     def close(self) -> None:
         self.collector.shutdown()

@@ -57,3 +57,16 @@ def test_start_evaluation_of_other_episodes_is_refused(bench, tmp_path, change):
         bench.reused_start(cfg, tasks)
     with pytest.raises(SystemExit, match="tasks lack"):
         bench.reused_start(bench.LearnConfig(reuse_start=str(path)), tasks + ["libero_10:0"])
+
+
+@pytest.mark.slow
+def test_an_evaluation_only_run_records_successes_per_held_out_state(bench, tmp_path):
+    """Real LIBERO and the shipped policy (spatial: the shortest horizon): --max-iterations 0 evaluates once and keeps each init state's count."""
+    result = bench.main(["--tasks", "libero_spatial:2", "--eval-init-states", "40", "41", "--eval-repeats", "1",
+                         "--max-iterations", "0", "--demo-replay", "0", "--out", str(tmp_path)])
+    start = result["evals"][0]
+    by_state = start["successes_by_state"]["libero_spatial:2"]
+    assert set(by_state) == {40, 41} and all(n in (0, 1) for n in by_state.values())
+    assert start["success"]["libero_spatial:2"] == sum(by_state.values()) / 2
+    saved = json.loads((tmp_path / "learning_libero.json").read_text())
+    assert saved["finished"] and saved["evals"][0]["successes_by_state"]["libero_spatial:2"] == {str(k): v for k, v in by_state.items()}
