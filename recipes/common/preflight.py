@@ -104,9 +104,14 @@ def check_norm_stats(path: str | os.PathLike) -> None:
             )
 
 
-def check_resume_checkpoint(path: str | os.PathLike) -> None:
-    """A checkpoint to resume from is complete and its trainer state unpickles (before the run touches its directory)."""
+def check_resume_checkpoint(path: str | os.PathLike, freeze: str | None = None) -> None:
+    """A checkpoint to resume from is complete and its trainer state unpickles (before the run touches its directory).
+
+    With `freeze` (this run's policy.freeze), the checkpoint's run must have frozen the same part: another
+    part changes which parameters the optimizer holds, so its saved state could not be loaded.
+    """
     import torch
+    import yaml
 
     ckpt = Path(path)
     try:
@@ -118,13 +123,18 @@ def check_resume_checkpoint(path: str | os.PathLike) -> None:
     policy_dir = ckpt / "policy"
     if not policy_dir.is_dir() or not any(f.stat().st_size > 0 for f in policy_dir.iterdir() if f.is_file()):
         raise PreflightError(f"cannot resume from {ckpt}: its policy/ weights are missing or empty; resume from another checkpoints/iter_* dir")
+    saved = ckpt / "config.yaml"
+    if freeze is not None and saved.is_file():
+        trained = ((yaml.safe_load(saved.read_text()) or {}).get("policy") or {}).get("freeze", "none")
+        if trained != freeze:
+            raise PreflightError(f"cannot resume from {ckpt} with policy.freeze={freeze}: it was trained with policy.freeze={trained}; set policy.freeze={trained}")
 
 
 def run_preflight(cfg: Any, out_dir: str | os.PathLike, *, resume_from: str | os.PathLike | None = None, rendering: bool | None = None) -> None:
     """All checks a run of `cfg` (a RIPTConfig) needs, cheapest first; raises PreflightError (one line)."""
     check_output_dir(out_dir, cfg.preflight.min_free_gb)
     if resume_from is not None:
-        check_resume_checkpoint(resume_from)
+        check_resume_checkpoint(resume_from, freeze=cfg.policy.freeze)
     p = cfg.policy
     if p.kind == "pi0" and p.path is not None:
         check_policy_checkpoint(p.path)

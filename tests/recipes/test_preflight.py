@@ -73,3 +73,27 @@ def test_rendering_backend_missing(monkeypatch):
     monkeypatch.setenv("MUJOCO_GL", "no-such-backend")
     with pytest.raises(PreflightError, match="setup.sh"):
         check_rendering_backend()
+
+
+def _resume_dir(tmp_path, overrides):
+    import torch
+
+    from ript.recipes.common.config import load_config, to_yaml
+
+    ckpt = tmp_path / "iter_000002"
+    (ckpt / "policy").mkdir(parents=True)
+    (ckpt / "policy" / "model.safetensors").write_bytes(b"weights")
+    (ckpt / "meta.json").write_text("{}")
+    torch.save({"iteration": 2}, ckpt / "trainer.pt")
+    (ckpt / "config.yaml").write_text(to_yaml(load_config("quick_test", overrides)))
+    return ckpt
+
+
+def test_resume_with_another_frozen_part_names_the_one_it_was_trained_with(tmp_path):
+    from ript.recipes.common.preflight import check_resume_checkpoint
+
+    ckpt = _resume_dir(tmp_path, ["policy.freeze=trunk"])
+    check_resume_checkpoint(ckpt, freeze="trunk")
+    with pytest.raises(PreflightError, match="trained with policy.freeze=trunk; set policy.freeze=trunk"):
+        check_resume_checkpoint(ckpt, freeze="none")
+    check_resume_checkpoint(_resume_dir(tmp_path / "b", []), freeze="none")  # the default on both sides
