@@ -238,8 +238,7 @@ class PI0Actor(FlowMatchingPolicy):
         pwe = self.policy.model.paligemma_with_expert
         pwe.freeze_vision_encoder = True
         pwe.train_expert_only = part == "trunk"
-        pwe._set_requires_grad()  # noqa: SLF001  (lerobot's own freezing, as its constructor runs it)
-        pwe.train(pwe.training)
+        pwe._set_requires_grad()  # noqa: SLF001  (lerobot's own freezing, as its constructor runs it; puts the part in eval)
 
     # -- construction --------------------------------------------------------------------
     @classmethod

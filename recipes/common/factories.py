@@ -47,6 +47,8 @@ def make_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
     policy = _build_policy(cfg, device)
     if cfg.policy.noise_scale is not None:  # else the checkpoint's own (actor.json), 1.0 for a fresh policy
         policy.noise_scale = float(cfg.policy.noise_scale)
+    if cfg.policy.freeze != "none":  # PI0 only (validate refuses it for the MLP)
+        policy.freeze(cfg.policy.freeze)
     return policy
 
 
@@ -94,7 +96,6 @@ def _build_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
             n_action_steps=p.n_action_steps,
             num_inference_steps=p.num_inference_steps,
         )
-        actor.freeze(p.freeze)
         return actor.to(device)
     t = p.tiny
     spec = TinyPI0Spec(
@@ -117,7 +118,6 @@ def _build_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
         num_inference_steps=p.num_inference_steps,
         device=str(device),
     )
-    actor.freeze(p.freeze)
     return actor.to(device)
 
 
