@@ -13,7 +13,8 @@ Then RIPT-CFG on its own rollouts (no demonstrations unless --demo-replay):
 - epochs x minibatches of RIPTCFGLoss (weighted or cfg) with AdamW and clipping
   (`ript.algos.rollout.update_policy`, the recipe's own update); --positive-only trains on
   the successes' steps alone (filtered self-imitation), --demo-replay N adds N expert demos
-  per task from training init states to every iteration's steps (advantage +1);
+  per task to every iteration's steps (advantage +1), drawn among the training init states
+  the checkpoint was cloned on;
 - held-out evaluation: init states 40-49 (never in a demo nor in RIPT's groups), each
   `eval_repeats` times: 50 episodes per task at the start, every `eval_every` iterations
   and at the end. Training stops before an iteration of average length would take the RIPT
@@ -136,6 +137,16 @@ def reused_start(cfg: LearnConfig, tasks: list[str]) -> dict[str, float]:
     return {t: prev["evals"][0]["success"][t] for t in tasks}
 
 
+def replay_init_states(train_states: list[int], dataset_states: set[int], cloned_states: list[int]) -> list[int]:
+    """The init states whose demos may be replayed: training states the dataset holds and the checkpoint was cloned on.
+
+    Why: replay is the policy's own prior data (RLPD-style). Demos of other states would be new supervision,
+    and a gain could not be told apart from more behaviour cloning.
+    """
+    cloned = set(cloned_states)
+    return [s for s in train_states if s in dataset_states and s in cloned]
+
+
 def expert_steps(actor: PI0Actor, dataset: str, bc_config: dict[str, Any], init_states: list[int], norm: NormStats) -> TensorDict:
     """The demos of `init_states` (every task) at the policy's decision steps, shaped like kept rollout steps.
 
@@ -188,12 +199,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.demo_replay and not (Path(demo_dataset) / "meta").is_dir():
         parser.error(f"--demo-replay: no LeRobotDataset at {demo_dataset}; pass --demo-dataset (written by recipes/collect_demos.py)")
 
-    demo_states = []  # training init states the dataset holds demos of (a smaller dataset replays among fewer)
+    demo_states = []
     if cfg.demo_replay:
         held = {ep["init_state_id"] for ep in demo_info(BCConfig(dataset=demo_dataset))["episodes"]}
-        demo_states = [s for s in cfg.train_init_states if s in held]
+        demo_states = replay_init_states(cfg.train_init_states, held, bc["config"].get("demo_init_states", cfg.train_init_states))
         if not demo_states:
-            parser.error(f"--demo-replay: {demo_dataset} holds no demo from --train-init-states; collect them with recipes/collect_demos.py")
+            parser.error(f"--demo-replay: {demo_dataset} holds no demo of a training init state the checkpoint was cloned on; "
+                         "collect them with recipes/collect_demos.py or pass --demo-replay 0")
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(2)

@@ -70,3 +70,10 @@ def test_an_evaluation_only_run_records_successes_per_held_out_state(bench, tmp_
     assert start["success"]["libero_spatial:2"] == sum(by_state.values()) / 2
     saved = json.loads((tmp_path / "learning_libero.json").read_text())
     assert saved["finished"] and saved["evals"][0]["successes_by_state"]["libero_spatial:2"] == {str(k): v for k, v in by_state.items()}
+
+
+def test_demo_replay_draws_only_demos_the_checkpoint_was_cloned_on(bench):
+    """A 10-demo start must not be shown the other 30 states' demos: that would be more behaviour cloning, not RL."""
+    assert bench.replay_init_states(list(range(40)), set(range(40)), list(range(10))) == list(range(10))
+    assert bench.replay_init_states([3, 5, 12], {3, 12}, list(range(40))) == [3, 12]  # the dataset lacks state 5
+    assert bench.replay_init_states([20, 21], set(range(40)), list(range(10))) == []
