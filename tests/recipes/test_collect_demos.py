@@ -168,4 +168,4 @@ def test_replayed_demos_are_decision_steps_the_rl_update_trains_on(demo_dir, imp
     # replay draws only among the training init states the dataset holds; none is a one-line error
     with pytest.raises(SystemExit):
         bench.main(["--demo-replay", "1", "--demo-dataset", str(demo_dir), "--train-init-states", "5", "--out", str(demo_dir.parent / "ll")])
-    assert "holds no demo from --train-init-states" in capsys.readouterr().err
+    assert "holds no demo of a training init state the checkpoint was cloned on" in capsys.readouterr().err
