@@ -21,7 +21,11 @@ Then RIPT-CFG on its own rollouts (no demonstrations unless --demo-replay):
   time (collection + update, evaluation excluded) past `minutes`.
 
 Prints success per task and iteration, writes <out>/learning_libero.json and .png
-(and copies both to benchmarks/results/ with --save-results).
+(and copies both to benchmarks/results/ with --save-results). After every iteration a
+checkpoint (policy, optimizer, generators, results so far) lands atomically in
+<out>/checkpoints/: a run stopped by a crash or a reset machine goes on with the same
+command plus --resume, and --resume with a larger --minutes/--max-iterations extends a
+finished run.
 
     .venv/bin/python benchmarks/learning_libero.py --minutes 60 --save-results
 """
@@ -52,6 +56,7 @@ from ript.algos.rollout import SpreadKeeper, make_replay_buffer, refill_replay_b
 from ript.envs import NormStats
 from ript.recipes.bc_pretrain import BCConfig, demo_info, load_demos
 from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, open_bc_checkpoint
+from ript.recipes.common.checkpoint import Checkpointer, write_json_atomic
 from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.factories import stored_keys
 
@@ -93,7 +98,12 @@ class LearnConfig:
     guidance: float = 1.5
     seed: int = 0
     reuse_start: str = ""  # a learning_libero.json from the same checkpoint, seed and held-out states: reuse its start evaluation
+    resume: bool = False  # continue the run in --out from its last complete iteration (same settings; --minutes/--max-iterations may grow)
     save_results: bool = False
+
+
+# settings a resumed run may change: its budget and reporting, not what it measures or how it learns
+RESUMABLE_CHANGES = ("resume", "minutes", "max_iterations", "eval_every", "save_results", "reuse_start")
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -135,6 +145,28 @@ def reused_start(cfg: LearnConfig, tasks: list[str]) -> dict[str, float]:
         reason = f"its {diff} differ from this run's" if diff else f"its tasks lack {missing}"
         raise SystemExit(f"--reuse-start {cfg.reuse_start}: {reason}; drop --reuse-start to evaluate afresh")
     return {t: prev["evals"][0]["success"][t] for t in tasks}
+
+
+def stopped_run(cfg: LearnConfig) -> Path | None:
+    """The last complete checkpoint of the run in --out to resume (None: start afresh); refuses what would lose data.
+
+    A fresh run into an --out that already holds results would overwrite them; a resume with other settings
+    would splice two different experiments into one curve. Both are one-line errors instead.
+    """
+    out = Path(cfg.out)
+    results = out / "learning_libero.json"
+    if not cfg.resume:
+        if results.is_file():
+            raise SystemExit(f"--out {out} already holds a run: continue it with --resume or choose a new --out")
+        return None
+    latest = Checkpointer(out, is_main=False).latest()
+    if latest is None or not results.is_file():
+        raise SystemExit(f"--resume: {out} holds no checkpoint of a stopped run; drop --resume to start afresh")
+    saved = json.loads(results.read_text())["config"]
+    diff = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    if diff:
+        raise SystemExit(f"--resume: {diff} differ from the stopped run's (in {results}); pass the same settings")
+    return latest
 
 
 def replay_init_states(train_states: list[int], dataset_states: set[int], cloned_states: list[int]) -> list[int]:
@@ -207,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"--demo-replay: {demo_dataset} holds no demo of a training init state the checkpoint was cloned on; "
                          "collect them with recipes/collect_demos.py or pass --demo-replay 0")
 
+    resume_from = stopped_run(cfg)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(2)
     actor = PI0Actor.from_pretrained(ckpt, device="cpu", supports_cfg=cfg.mode == "cfg",
@@ -235,28 +268,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
+    checkpointer = Checkpointer(out, keep_last=1)
 
     def save_policy(path: Path) -> None:
         """The policy with the checkpoint's bc_config.json: usable as another run's --checkpoint."""
         actor.save_pretrained(path)
         shutil.copy2(ckpt / "bc_config.json", path / "bc_config.json")
 
-    t_eval = time.perf_counter()
-    evals = [{"iteration": 0, "success": reused_start(cfg, tasks), "ript_minutes": 0.0} if cfg.reuse_start else evaluate(0, 0.0)]
-    log(f"start (held-out, {len(cfg.eval_init_states) * cfg.eval_repeats} eps/task, {time.perf_counter() - t_eval:.0f}s): "
-        + ", ".join(f"{t} {r:.2f}" for t, r in evals[0]["success"].items()))
     iterations: list[dict[str, Any]] = []
+    ript_s = 0.0
+    if resume_from is not None:  # after the reference copy: the anchor still pulls towards the start policy
+        state = Checkpointer.load(resume_from, policy=actor, optimizer=optimizer)["extra"]
+        evals, iterations, ript_s = state["evals"], state["iterations"], state["ript_s"]
+        for g, name in ((gen, "gen"), (rng, "rng"), (demo_rng, "demo_rng")):
+            g.set_state(state[name])
+        actor.noise_scale = state["noise_scale"]
+        log(f"resumed from {resume_from}: {len(iterations)} iterations, {ript_s / 60:.1f} RIPT min done "
+            "(the replay window restarts empty; env draws differ from an unbroken run)")
+    else:
+        t_eval = time.perf_counter()
+        evals = [{"iteration": 0, "success": reused_start(cfg, tasks), "ript_minutes": 0.0} if cfg.reuse_start else evaluate(0, 0.0)]
+        log(f"start (held-out, {len(cfg.eval_init_states) * cfg.eval_repeats} eps/task, {time.perf_counter() - t_eval:.0f}s): "
+            + ", ".join(f"{t} {r:.2f}" for t, r in evals[0]["success"].items()))
 
     def snapshot(**extra: Any) -> dict[str, Any]:
         """Write the json as it stands (after every evaluation and iteration: a stopped run keeps its numbers)."""
         result = {"config": asdict(cfg), "tasks": tasks, "evals": evals, "iterations": iterations, "finished": False, **extra}
-        (out / "learning_libero.json").write_text(json.dumps(result, indent=2))
+        write_json_atomic(out / "learning_libero.json", result)  # a crash mid-write keeps the previous file
         return result
 
+    def save_checkpoint() -> None:
+        """Everything a resumed run needs to go on as this one would (but the replay window and the env draws)."""
+        checkpointer.save(len(iterations), policy=actor, optimizer=optimizer, extra={
+            "evals": evals, "iterations": iterations, "ript_s": ript_s, "noise_scale": actor.noise_scale,
+            "gen": gen.get_state(), "rng": rng.get_state(), "demo_rng": demo_rng.get_state()})
+
+    if resume_from is None:
+        save_checkpoint()  # iteration 0: a run stopped during its first iteration keeps its start evaluation
     snapshot()
-    ript_s = 0.0
     spread = SpreadKeeper(seed=cfg.seed) if cfg.keep_spread else None
-    for it in range(1, cfg.max_iterations + 1):
+    for it in range(len(iterations) + 1, cfg.max_iterations + 1):
         if iterations and ript_s * (1 + 1 / len(iterations)) > cfg.minutes * 60:
             break  # another iteration of average length would overrun the budget ("up to `minutes`")
         t0 = time.perf_counter()
@@ -303,7 +354,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             metrics["spread_before"], metrics["spread"] = spread.restore(actor)
         step_s = time.perf_counter() - t0
         ript_s += step_s
-        point = {"iteration": it, "train_success": runner.success_by_task(results), "kept_groups": stats.get("kept_groups", 0),
+        point = {"iteration": it, "group_init_states": [[int(s) for s in task_picks] for task_picks in picks],
+                 "train_success": runner.success_by_task(results), "kept_groups": stats.get("kept_groups", 0),
                  "dropped_groups": stats.get("dropped_groups", 0), "kept_steps": stats.get("kept_steps", 0),
                  "trained_steps": data.shape[0] if data is not None else 0,
                  "anchor_only_steps": stats.get("uninformative_steps", 0),
@@ -312,17 +364,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "noise_scale": actor.noise_scale, "spread_after_update": metrics.get("spread_before"),
                  "collect_s": round(t_collect, 1), "update_s": round(step_s - t_collect, 1), "ript_minutes": round(ript_s / 60, 2)}
         iterations.append(point)
+        save_checkpoint()  # before the json: results never run ahead of what a resume can restore
         snapshot()
-        save_policy(out / "latest_policy")  # a stopped run keeps its policy too
+        save_policy(out / "latest_policy")  # as another run's --checkpoint
         log(f"it {it:2d} rollouts " + ", ".join(f"{t} {r:.2f}" for t, r in point["train_success"].items())
             + (f" | spread x{metrics['spread_before']:.3f} -> noise x{actor.noise_scale:.3f}" if spread is not None and spread.ready else "")
             + f" | kept {point['kept_groups']} dropped {point['dropped_groups']} steps {point['kept_steps']} "
             f"| collect {t_collect:.0f}s update {step_s - t_collect:.0f}s | {ript_s / 60:.1f} RIPT min")
         if cfg.eval_every and it % cfg.eval_every == 0:
             evals.append(evaluate(it, ript_s / 60))
+            save_checkpoint()
+            snapshot()
             log(f"eval it {it}: " + ", ".join(f"{t} {r:.2f}" for t, r in evals[-1]["success"].items()))
     if evals[-1]["iteration"] != len(iterations):
         evals.append(evaluate(len(iterations), ript_s / 60))
+        save_checkpoint()  # a resume that extends this run keeps this evaluation
     runner.close()
     start, end = evals[0]["success"], evals[-1]["success"]
     gain = sum(end[t] - start[t] for t in tasks) / len(tasks)

@@ -4,6 +4,7 @@ import json
 from dataclasses import asdict
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +61,44 @@ def test_start_evaluation_of_other_episodes_is_refused(bench, tmp_path, change):
 
 
 @pytest.mark.slow
-def test_an_evaluation_only_run_records_successes_per_held_out_state(bench, tmp_path):
-    """Real LIBERO and the shipped policy (spatial: the shortest horizon): --max-iterations 0 evaluates once and keeps each init state's count."""
-    result = bench.main(["--tasks", "libero_spatial:2", "--eval-init-states", "40", "41", "--eval-repeats", "1",
-                         "--max-iterations", "0", "--demo-replay", "0", "--out", str(tmp_path)])
-    start = result["evals"][0]
+def test_a_run_records_each_held_out_state_and_resumes_where_it_stopped(bench, tmp_path):
+    """Real LIBERO and the shipped policy (spatial: the shortest horizon): one iteration, then --resume extends it by one.
+
+    The resumed run keeps the first run's numbers and draws the group init states an unbroken run would have drawn.
+    """
+    argv = ["--tasks", "libero_spatial:2", "--eval-init-states", "40", "41", "--eval-repeats", "1", "--group-size", "2",
+            "--groups-per-task", "1", "--demo-replay", "0", "--out", str(tmp_path)]
+    first = bench.main(argv + ["--max-iterations", "1"])
+    start = first["evals"][0]
     by_state = start["successes_by_state"]["libero_spatial:2"]
     assert set(by_state) == {40, 41} and all(n in (0, 1) for n in by_state.values())
     assert start["success"]["libero_spatial:2"] == sum(by_state.values()) / 2
     saved = json.loads((tmp_path / "learning_libero.json").read_text())
     assert saved["finished"] and saved["evals"][0]["successes_by_state"]["libero_spatial:2"] == {str(k): v for k, v in by_state.items()}
+
+    with pytest.raises(SystemExit, match="already holds a run"):  # a fresh run would overwrite it
+        bench.main(argv + ["--max-iterations", "1"])
+    assert json.loads((tmp_path / "learning_libero.json").read_text()) == saved
+
+    resumed = bench.main(argv + ["--max-iterations", "2", "--resume"])
+    assert resumed["iterations"][0] == first["iterations"][0] and len(resumed["iterations"]) == 2
+    assert [e["iteration"] for e in resumed["evals"]] == [0, 1, 2] and resumed["evals"][:2] == first["evals"]
+    g = torch.Generator().manual_seed(1)  # learning_libero's group-start stream (seed + 1)
+    draws = [bench.draw_group_starts(list(range(40)), 1, 1, g) for _ in range(2)]
+    assert [p["group_init_states"] for p in resumed["iterations"]] == draws
+    assert (tmp_path / "checkpoints" / "iter_000002").is_dir() and not (tmp_path / "checkpoints" / "iter_000001").exists()
+
+
+def test_a_resume_with_other_settings_or_nothing_to_resume_is_refused(bench, tmp_path):
+    """--resume splices onto a stopped run only what continues the same experiment; errors name the fix."""
+    argv = ["--demo-replay", "0", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match="holds no checkpoint of a stopped run; drop --resume"):
+        bench.main(argv + ["--resume"])
+    cfg = bench.LearnConfig(demo_replay=0, out=str(tmp_path))
+    (tmp_path / "learning_libero.json").write_text(json.dumps({"config": asdict(cfg)}))
+    bench.Checkpointer(tmp_path).save(1, policy=torch.nn.Linear(1, 1))
+    with pytest.raises(SystemExit, match=r"\['group_size', 'lr'\] differ from the stopped run's .* pass the same settings"):
+        bench.main(argv + ["--resume", "--lr", "3e-5", "--group-size", "8", "--minutes", "90"])  # a larger budget is fine
 
 
 def test_demo_replay_draws_only_demos_the_checkpoint_was_cloned_on(bench):
