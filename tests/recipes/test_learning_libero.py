@@ -67,7 +67,7 @@ def test_a_run_records_each_held_out_state_and_resumes_where_it_stopped(bench, t
     The resumed run keeps the first run's numbers and draws the group init states an unbroken run would have drawn.
     """
     argv = ["--tasks", "libero_spatial:2", "--eval-init-states", "40", "41", "--eval-repeats", "1", "--group-size", "2",
-            "--groups-per-task", "1", "--demo-replay", "0", "--out", str(tmp_path)]
+            "--groups-per-task", "1", "--epochs", "1", "--demo-replay", "0", "--out", str(tmp_path)]
     first = bench.main(argv + ["--max-iterations", "1"])
     start = first["evals"][0]
     by_state = start["successes_by_state"]["libero_spatial:2"]
