@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             metrics["spread_before"], metrics["spread"] = spread.restore(actor)
         step_s = time.perf_counter() - t0
         ript_s += step_s
-        point = {"iteration": it, "group_init_states": [[int(s) for s in task_picks] for task_picks in picks],
+        point = {"iteration": it, "group_init_states": picks,
                  "train_success": runner.success_by_task(results), "kept_groups": stats.get("kept_groups", 0),
                  "dropped_groups": stats.get("dropped_groups", 0), "kept_steps": stats.get("kept_steps", 0),
                  "trained_steps": data.shape[0] if data is not None else 0,
