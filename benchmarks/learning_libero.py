@@ -179,8 +179,12 @@ def replay_init_states(train_states: list[int], dataset_states: set[int], cloned
     return [s for s in train_states if s in dataset_states and s in cloned]
 
 
-def expert_steps(actor: PI0Actor, dataset: str, bc_config: dict[str, Any], init_states: list[int], norm: NormStats) -> TensorDict:
-    """The demos of `init_states` (every task) at the policy's decision steps, shaped like kept rollout steps.
+def expert_steps(actor: PI0Actor, dataset: str, bc_config: dict[str, Any], init_states: list[int], norm: NormStats,
+                 cloned: dict[str, list[int]] | None = None) -> TensorDict:
+    """The demos of `init_states` at the policy's decision steps, shaped like kept rollout steps.
+
+    Every task's demo of each state is taken, unless `cloned` ({task: init states}, what the
+    checkpoint was cloned on) leaves it out.
 
     Why: replayed beside the policy's own steps (RLPD's symmetric sampling), they hold the update on the
     behaviour the policy was cloned from. Each gets advantage +1 (a sure success) and a full action mask.
@@ -188,7 +192,8 @@ def expert_steps(actor: PI0Actor, dataset: str, bc_config: dict[str, Any], init_
     statistics, and normalising with those would hand the update shifted, rescaled targets.
     """
     demos, _, _ = load_demos(BCConfig(dataset=dataset, repo_id=bc_config["repo_id"], demo_init_states=init_states,
-                                      chunk_size=actor.chunk_size), actor, stride=int(bc_config["n_action_steps"]), norm=norm)
+                                      chunk_size=actor.chunk_size), actor, stride=int(bc_config["n_action_steps"]), norm=norm,
+                              allowed=cloned)
     n = demos.shape[0]
     demos.set("advantage", torch.ones(n, 1))
     demos.set("episode_return", torch.ones(n, 1))
@@ -234,7 +239,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     demo_states = []
     if cfg.demo_replay:
         held = {ep["init_state_id"] for ep in demo_info(BCConfig(dataset=demo_dataset))["episodes"]}
-        demo_states = replay_init_states(cfg.train_init_states, held, bc["config"].get("demo_init_states", cfg.train_init_states))
+        cloned = bc.get("cloned_init_states")  # per task, where the checkpoint records it
+        cloned_states = sorted({s for states in cloned.values() for s in states}) if cloned else \
+            bc["config"].get("demo_init_states", cfg.train_init_states)
+        demo_states = replay_init_states(cfg.train_init_states, held, cloned_states)
         if not demo_states:
             parser.error(f"--demo-replay: {demo_dataset} holds no demo of a training init state the checkpoint was cloned on; "
                          "collect them with recipes/collect_demos.py or pass --demo-replay 0")
@@ -333,7 +341,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             data = steps_with_weight(data, positive_only=cfg.positive_only, anchor_coef=cfg.anchor)
         if cfg.demo_replay:  # fresh expert demos every iteration, from training init states only
             starts = torch.randperm(len(demo_states), generator=demo_rng)[: cfg.demo_replay]
-            demos = expert_steps(actor, demo_dataset, bc["config"], [demo_states[int(i)] for i in starts], norm)
+            demos = expert_steps(actor, demo_dataset, bc["config"], [demo_states[int(i)] for i in starts], norm,
+                                 bc.get("cloned_init_states"))
             if data is None:  # every own group was dropped: the demos alone
                 data = demos.select(*stored_keys(actor, demos))
             else:  # own steps train on their whole chunk, as without demos

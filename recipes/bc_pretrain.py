@@ -65,6 +65,7 @@ class BCConfig:
     demo_init_states: list[int] = field(default_factory=lambda: list(range(0, 40)))  # episodes used for training
     eval_init_states: list[int] = field(default_factory=lambda: list(range(40, 50)))  # held out, per task
     max_demos_per_task: int = 0  # 0 = every successful demo on demo_init_states
+    task_max_demos: list[str] = field(default_factory=list)  # per-task caps, e.g. libero_goal:8=5 (overrides the one above)
     # tiny PI0
     width: int = 128
     depth: int = 4
@@ -143,7 +144,46 @@ def action_chunks(actions: torch.Tensor, episode: torch.Tensor, chunk_size: int)
     return actions[torch.minimum(idx, last[:, None])], valid
 
 
-def load_demos(cfg: BCConfig, actor: PI0Actor, stride: int = 1, norm: NormStats | None = None) -> tuple[TensorDict, NormStats, dict[str, Any]]:
+def task_demo_limits(entries: list[str]) -> dict[str, int]:
+    """`--task-max-demos` entries (`TASK=N`) as {task: N}.
+
+    Why: tasks differ in how few demos already saturate them; one cap for all cannot put every
+    task's cloned success inside the headroom band RIPT needs.
+    """
+    limits = {}
+    for entry in entries:
+        task, sep, count = entry.rpartition("=")
+        if not sep or not task or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--task-max-demos {entry}: write TASK=N with N >= 1, e.g. libero_goal:8=5")
+        limits[task] = int(count)
+    return limits
+
+
+def choose_demos(episodes: list[dict[str, Any]], cfg: BCConfig,
+                 allowed: dict[str, list[int]] | None = None) -> tuple[list[int], dict[str, list[int]]]:
+    """(episode indices, {task: init states}) of the demos to clone: each task's first ones in init-state order.
+
+    A task takes demos from `cfg.demo_init_states` up to its `--task-max-demos` cap, else
+    `--max-demos-per-task` (0: no cap); `allowed` narrows each task to the states it lists.
+    """
+    wanted, limits = set(cfg.demo_init_states), task_demo_limits(cfg.task_max_demos)
+    unknown = sorted(set(limits) - {ep["task"] for ep in episodes})
+    if unknown:
+        raise ValueError(f"--task-max-demos names {unknown}, not among {cfg.dataset}'s tasks; use names like libero_goal:8")
+    chosen, cloned = [], {}
+    for ep in sorted(episodes, key=lambda e: (e["init_state_id"], e["episode_index"])):
+        task, state = ep["task"], ep["init_state_id"]
+        if state not in wanted or (allowed is not None and state not in allowed.get(task, ())):
+            continue
+        cap = limits.get(task, cfg.max_demos_per_task)
+        if not cap or len(cloned.get(task, [])) < cap:
+            chosen.append(ep["episode_index"])
+            cloned.setdefault(task, []).append(state)
+    return chosen, cloned
+
+
+def load_demos(cfg: BCConfig, actor: PI0Actor, stride: int = 1, norm: NormStats | None = None,
+               allowed: dict[str, list[int]] | None = None) -> tuple[TensorDict, NormStats, dict[str, Any]]:
     """Every `stride`-th frame of each chosen episode as the policy sees it, with its next-chunk target.
 
     Returns (samples [N], norm stats, info). Samples hold uint8 PI0 images, the normalised
@@ -154,20 +194,18 @@ def load_demos(cfg: BCConfig, actor: PI0Actor, stride: int = 1, norm: NormStats 
     `norm`: the statistics of a trained policy, whose own normalisation the samples must use
     (another dataset's statistics would shift and rescale its targets); default: the dataset's
     own, which is what a new policy is cloned with.
+    `allowed`: {task: init states} a policy was cloned on (its `cloned_init_states`); other
+    (task, init state) demos are left out, so a replay never hands a task demos it never saw.
     """
     if stride < 1:
         raise ValueError(f"stride={stride}: must be >= 1 (1 keeps every frame)")
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     info = demo_info(cfg)
-    wanted = set(cfg.demo_init_states)
-    chosen, per_task = [], {}
-    for ep in info["episodes"]:
-        if ep["init_state_id"] in wanted and (not cfg.max_demos_per_task or per_task.get(ep["task"], 0) < cfg.max_demos_per_task):
-            chosen.append(ep["episode_index"])
-            per_task[ep["task"]] = per_task.get(ep["task"], 0) + 1
+    chosen, cloned = choose_demos(info["episodes"], cfg, allowed)
     if not chosen:
         raise ValueError(f"no demo in {cfg.dataset} starts from --demo-init-states {cfg.demo_init_states}")
+    per_task = {task: len(states) for task, states in cloned.items()}
     dataset = LeRobotDataset(cfg.repo_id, root=cfg.dataset)
     table = dataset.hf_dataset.with_format("arrow")[:]
     episode = torch.as_tensor(table.column("episode_index").to_numpy().copy())
@@ -196,7 +234,7 @@ def load_demos(cfg: BCConfig, actor: PI0Actor, stride: int = 1, norm: NormStats 
         K.ACTION_CHUNK: torch.nn.functional.pad(norm.normalize_action(chunks), (0, 32 - ACTION_DIM)),
         "action_mask": mask,
     }, batch_size=[len(episode)])
-    info.update(demos=len(chosen), demos_per_task=per_task, frames=len(rows))
+    info.update(demos=len(chosen), demos_per_task=per_task, cloned_init_states=cloned, frames=len(rows))
     return samples, norm, info
 
 
@@ -259,7 +297,8 @@ def train(cfg: BCConfig, log=print) -> dict[str, Any]:
     ema = WeightEMA(actor, cfg.ema_decay) if cfg.ema_decay > 0 else None
     shipped = ema.model if ema is not None else actor  # what evaluations and checkpoints see
     curve: list[dict[str, Any]] = []
-    meta = {"demos": info["demos"], "demos_per_task": info["demos_per_task"], "frames": info["frames"],
+    meta = {"demos": info["demos"], "demos_per_task": info["demos_per_task"],
+            "cloned_init_states": info["cloned_init_states"], "frames": info["frames"],
             "params": n_params, "camera_size": camera_size, "tasks": tasks}
     t_train, losses = time.perf_counter(), []
     workers: TaskWorkers | None = None  # one env worker per task, built at the first evaluation
@@ -314,6 +353,10 @@ def parse_args(argv: list[str] | None = None) -> BCConfig:
         parser.error(f"--ema-decay must be in [0, 1) (0 saves the raw weights), got {cfg.ema_decay}")
     if set(cfg.demo_init_states) & set(cfg.eval_init_states):
         parser.error("--eval-init-states must not overlap --demo-init-states (held-out evaluation)")
+    try:
+        task_demo_limits(cfg.task_max_demos)
+    except ValueError as err:
+        parser.error(str(err))
     if not Path(cfg.dataset).is_dir():
         parser.error(f"--dataset {cfg.dataset} not found: write it with `python recipes/collect_demos.py --out {cfg.dataset}`")
     return cfg

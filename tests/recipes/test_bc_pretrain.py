@@ -47,3 +47,37 @@ def test_ema_decay_outside_its_range_is_rejected(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bc_pretrain.parse_args(["--dataset", str(tmp_path), "--ema-decay", "1"])
     assert "--ema-decay must be in [0, 1)" in capsys.readouterr().err
+
+
+def _episodes() -> list[dict]:
+    """Three tasks' demos on init states 0..5, written in collection order (tasks interleaved, one state missing)."""
+    eps = [(t, s) for s in range(6) for t in ("libero_object:1", "libero_spatial:2", "libero_goal:8") if (t, s) != ("libero_goal:8", 1)]
+    eps.reverse()  # collection order need not be init-state order
+    return [{"episode_index": i, "task": t, "init_state_id": s} for i, (t, s) in enumerate(eps)]
+
+
+def test_per_task_caps_take_each_tasks_first_demos_and_record_them():
+    cfg = bc_pretrain.BCConfig(demo_init_states=[0, 1, 2, 3, 4], max_demos_per_task=3,
+                               task_max_demos=["libero_goal:8=2", "libero_object:1=4"])
+    chosen, cloned = bc_pretrain.choose_demos(_episodes(), cfg)
+    assert cloned == {"libero_object:1": [0, 1, 2, 3], "libero_spatial:2": [0, 1, 2], "libero_goal:8": [0, 2]}
+    by_index = {e["episode_index"]: (e["task"], e["init_state_id"]) for e in _episodes()}
+    assert sorted(by_index[i] for i in chosen) == sorted((t, s) for t, states in cloned.items() for s in states)
+    # no cap: every demo on the wanted states, as before per-task caps existed
+    _, every = bc_pretrain.choose_demos(_episodes(), bc_pretrain.BCConfig(demo_init_states=[0, 1, 2, 3, 4]))
+    assert every["libero_goal:8"] == [0, 2, 3, 4] and every["libero_spatial:2"] == [0, 1, 2, 3, 4]
+
+
+def test_replay_keeps_each_task_to_the_states_it_was_cloned_on():
+    cfg = bc_pretrain.BCConfig(demo_init_states=[1, 2, 3])
+    _, cloned = bc_pretrain.choose_demos(_episodes(), cfg, allowed={"libero_object:1": [0, 1, 2, 3], "libero_goal:8": [0, 2]})
+    assert cloned == {"libero_object:1": [1, 2, 3], "libero_goal:8": [2]}  # spatial: not allowed at all
+
+
+def test_bad_per_task_caps_name_the_format(tmp_path, capsys):
+    for bad in ("libero_goal:8", "libero_goal:8=0", "=3", "libero_goal:8=x"):
+        with pytest.raises(SystemExit):
+            bc_pretrain.parse_args(["--dataset", str(tmp_path), "--task-max-demos", bad])
+        assert "write TASK=N with N >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not among"):
+        bc_pretrain.choose_demos(_episodes(), bc_pretrain.BCConfig(task_max_demos=["libero_goal:3=2"]))

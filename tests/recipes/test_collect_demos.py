@@ -124,6 +124,7 @@ def test_bc_run_saves_a_checkpoint_the_recipe_loads(demo_dir, tmp_path):
     assert 0.0 <= result["curve"][0]["success"]["libero_object:1"] <= 1.0
     saved = json.loads((out / "bc_config.json").read_text())
     assert saved["tasks"] == ["libero_object:1"] and saved["camera_size"] == 32 and saved["curve"] == result["curve"]
+    assert saved["cloned_init_states"] == {"libero_object:1": [0]}  # what learning_libero's replay may draw
 
     with pytest.raises(ConfigError, match="set env.camera_size=32"):
         make_policy(load_config("quick_test", [f"policy.path={os.path.relpath(out)}", "env.camera_size=64"]), torch.device("cpu"))
@@ -163,6 +164,13 @@ def test_replayed_demos_are_decision_steps_the_rl_update_trains_on(demo_dir, imp
     assert torch.allclose(other.unnormalize_action(theirs[K_CHUNK][..., :7]), raw, atol=1e-5)
     assert torch.allclose(theirs[K_CHUNK][..., :7], other.normalize_action(raw), atol=1e-5)
     assert not torch.allclose(theirs[K_CHUNK], steps[K_CHUNK], atol=1e-2)
+    # a checkpoint's cloned (task, init state) pairs bound the replay: none of this task's left, nothing to load
+    kept = bench.expert_steps(actor, str(demo_dir), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0], norm,
+                              {"libero_object:1": [0]})
+    assert torch.equal(kept[K_CHUNK], steps[K_CHUNK])
+    with pytest.raises(ValueError, match="no demo"):
+        bench.expert_steps(actor, str(demo_dir), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0], norm,
+                           {"libero_spatial:2": [0]})
     with pytest.raises(ValueError, match="stride=0: must be >= 1"):
         bc_pretrain.load_demos(cfg, actor, stride=0)
     # replay draws only among the training init states the dataset holds; none is a one-line error
