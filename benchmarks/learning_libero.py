@@ -169,13 +169,17 @@ def stopped_run(cfg: LearnConfig) -> Path | None:
     return latest
 
 
-def replay_init_states(train_states: list[int], dataset_states: set[int], cloned_states: list[int]) -> list[int]:
+def replay_init_states(train_states: list[int], dataset_states: set[int],
+                       cloned_states: list[int] | dict[str, list[int]]) -> list[int]:
     """The init states whose demos may be replayed: training states the dataset holds and the checkpoint was cloned on.
+
+    `cloned_states` is one list for every task, or {task: states} (a checkpoint's `cloned_init_states`):
+    a state any task was cloned on is drawn, and `expert_steps` then leaves out the other tasks' demos of it.
 
     Why: replay is the policy's own prior data (RLPD-style). Demos of other states would be new supervision,
     and a gain could not be told apart from more behaviour cloning.
     """
-    cloned = set(cloned_states)
+    cloned = {s for states in cloned_states.values() for s in states} if isinstance(cloned_states, dict) else set(cloned_states)
     return [s for s in train_states if s in dataset_states and s in cloned]
 
 
@@ -239,10 +243,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     demo_states = []
     if cfg.demo_replay:
         held = {ep["init_state_id"] for ep in demo_info(BCConfig(dataset=demo_dataset))["episodes"]}
-        cloned = bc.get("cloned_init_states")  # per task, where the checkpoint records it
-        cloned_states = sorted({s for states in cloned.values() for s in states}) if cloned else \
-            bc["config"].get("demo_init_states", cfg.train_init_states)
-        demo_states = replay_init_states(cfg.train_init_states, held, cloned_states)
+        cloned = bc.get("cloned_init_states") or bc["config"].get("demo_init_states", cfg.train_init_states)
+        demo_states = replay_init_states(cfg.train_init_states, held, cloned)
         if not demo_states:
             parser.error(f"--demo-replay: {demo_dataset} holds no demo of a training init state the checkpoint was cloned on; "
                          "collect them with recipes/collect_demos.py or pass --demo-replay 0")

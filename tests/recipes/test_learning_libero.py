@@ -106,3 +106,6 @@ def test_demo_replay_draws_only_demos_the_checkpoint_was_cloned_on(bench):
     assert bench.replay_init_states(list(range(40)), set(range(40)), list(range(10))) == list(range(10))
     assert bench.replay_init_states([3, 5, 12], {3, 12}, list(range(40))) == [3, 12]  # the dataset lacks state 5
     assert bench.replay_init_states([20, 21], set(range(40)), list(range(10))) == []
+    # per-task counts (bc_config's cloned_init_states): any task's cloned state may be drawn
+    per_task = {"libero_spatial:2": list(range(10)), "libero_object:1": list(range(15)), "libero_goal:8": list(range(5))}
+    assert bench.replay_init_states(list(range(40)), set(range(40)), per_task) == list(range(15))
