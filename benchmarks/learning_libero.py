@@ -14,7 +14,9 @@ Then RIPT-CFG on its own rollouts (no demonstrations unless --demo-replay):
   (`ript.algos.rollout.update_policy`, the recipe's own update); --positive-only trains on
   the successes' steps alone (filtered self-imitation), --demo-replay N adds N expert demos
   per task to every iteration's steps (advantage +1), drawn among the training init states
-  the checkpoint was cloned on;
+  the checkpoint was cloned on; --buffer-iterations N keeps the own kept steps of the last N
+  iterations (the demos are drawn afresh beside them); --ema-decay D acts and evaluates with an
+  exponential average of the trained weights (the start policy's own weights at first);
 - held-out evaluation: init states 40-49 (never in a demo nor in RIPT's groups), each
   `eval_repeats` times: 50 episodes per task at the start, every `eval_every` iterations
   and at the end. Training stops before an iteration of average length would take the RIPT
@@ -58,6 +60,7 @@ from ript.recipes.bc_pretrain import BCConfig, demo_info, load_demos
 from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, open_bc_checkpoint
 from ript.recipes.common.checkpoint import Checkpointer, write_json_atomic
 from ript.recipes.common.cli import dataclass_parser
+from ript.recipes.common.optim import WeightEMA
 from ript.recipes.common.factories import stored_keys
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +86,8 @@ class LearnConfig:
     lr: float = 1e-5
     epochs: int = 4
     minibatch_size: int = 32
-    buffer_iterations: int = 1  # train on the kept steps of the last N iterations (1 = on-policy; >1 as AWR's FIFO buffer)
+    buffer_iterations: int = 1  # train on the policy's own kept steps of the last N iterations (1 = on-policy; >1 as AWR's FIFO buffer)
+    ema_decay: float = 0.0  # > 0: a copy trains and the acting (and evaluated) policy is its weight average (e.g. 0.995); 0 = acts as trained
     temperature: float = 4.0
     w_max: float = 20.0
     positive_only: bool = True  # weighted mode: failures get weight 0 (filtered self-imitation; RIPTCFGLoss positive_only)
@@ -216,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--demo-replay must be >= 0 (0 trains on the policy's own rollouts only)")
     if cfg.buffer_iterations < 1:
         parser.error("--buffer-iterations must be >= 1 (1 trains on the latest iteration only)")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        parser.error(f"--ema-decay must be in [0, 1) (0 acts with the trained weights), got {cfg.ema_decay}")
     if cfg.group_size < 2:
         parser.error("--group-size must be >= 2 (leave-one-out advantages need two rollouts)")
     if cfg.anchor_all_states and cfg.anchor <= 0:
@@ -267,11 +273,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     advantage = GroupLOOAdvantage(cfg.group_size, drop_uninformative=not cfg.anchor_all_states)
     reference = copy.deepcopy(actor) if cfg.anchor > 0 else None
-    loss_module = RIPTCFGLoss(actor, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, positive_only=cfg.positive_only,
+    # with --ema-decay a copy trains and `actor` (what acts and is evaluated) holds its weight average
+    learner = copy.deepcopy(actor) if cfg.ema_decay > 0 else actor
+    ema = WeightEMA(learner, cfg.ema_decay, average=actor, warmup=False) if cfg.ema_decay > 0 else None
+    loss_module = RIPTCFGLoss(learner, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, positive_only=cfg.positive_only,
                               p_uncond=cfg.p_uncond, reference=reference, anchor_coef=cfg.anchor, anchor_num_steps=cfg.target_steps or None)
-    optimizer = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    buffer = make_replay_buffer(cfg.buffer_iterations * len(tasks) * (cfg.groups_per_task * cfg.group_size * 80 + cfg.demo_replay * 40))
-    recent: deque = deque(maxlen=cfg.buffer_iterations)  # kept steps per iteration, newest last
+    optimizer = torch.optim.AdamW([p for p in learner.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    buffer = make_replay_buffer(len(tasks) * (cfg.buffer_iterations * cfg.groups_per_task * cfg.group_size * 80 + cfg.demo_replay * 40))
+    recent: deque = deque(maxlen=cfg.buffer_iterations)  # the policy's own kept steps per iteration, newest last
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = torch.Generator().manual_seed(cfg.seed + 1)
     demo_rng = torch.Generator().manual_seed(cfg.seed + 3)  # its own stream: the groups' init states stay those of a run without demos
@@ -288,7 +297,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     iterations: list[dict[str, Any]] = []
     ript_s = 0.0
     if resume_from is not None:  # after the reference copy: the anchor still pulls towards the start policy
-        state = Checkpointer.load(resume_from, policy=actor, optimizer=optimizer)["extra"]
+        state = Checkpointer.load(resume_from, policy=learner, optimizer=optimizer)["extra"]
+        if ema is not None:
+            actor.load_state_dict(state["acting_weights"])
         evals, iterations, ript_s = state["evals"], state["iterations"], state["ript_s"]
         for g, name in ((gen, "gen"), (rng, "rng"), (demo_rng, "demo_rng")):
             g.set_state(state[name])
@@ -309,9 +320,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def save_checkpoint() -> None:
         """Everything a resumed run needs to go on as this one would (but the replay window and the env draws)."""
-        checkpointer.save(len(iterations), policy=actor, optimizer=optimizer, extra={
+        checkpointer.save(len(iterations), policy=learner, optimizer=optimizer, extra={
             "evals": evals, "iterations": iterations, "ript_s": ript_s, "noise_scale": actor.noise_scale,
-            "gen": gen.get_state(), "rng": rng.get_state(), "demo_rng": demo_rng.get_state()})
+            "gen": gen.get_state(), "rng": rng.get_state(), "demo_rng": demo_rng.get_state(),
+            **({"acting_weights": actor.state_dict()} if ema is not None else {})})
 
     if resume_from is None:
         save_checkpoint()  # iteration 0: a run stopped during its first iteration keeps its start evaluation
@@ -336,31 +348,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t_collect = time.perf_counter() - t0
         stats = advantage.stats()
         metrics: dict[str, float] = {}
-        data = None
         if kept:
-            data = torch.cat(kept, 0)
-            data = data.select(*stored_keys(actor, data), strict=False)
-            data = steps_with_weight(data, positive_only=cfg.positive_only, anchor_coef=cfg.anchor)
+            own = torch.cat(kept, 0)
+            own = own.select(*stored_keys(actor, own), strict=False)
+            own = steps_with_weight(own, positive_only=cfg.positive_only, anchor_coef=cfg.anchor)
+            if cfg.target_steps:
+                own = relabel_chunks(actor, own, cfg.target_steps).exclude("action_noise")
+            if cfg.demo_replay:  # own steps train on their whole chunk, as without demos
+                own.set("action_mask", torch.ones(own.shape[0], actor.chunk_size, dtype=torch.bool))
+            recent.append(own)
+        data = torch.cat(list(recent), 0) if recent else None
         if cfg.demo_replay:  # fresh expert demos every iteration, from training init states only
             starts = torch.randperm(len(demo_states), generator=demo_rng)[: cfg.demo_replay]
             demos = expert_steps(actor, demo_dataset, bc["config"], [demo_states[int(i)] for i in starts], norm,
                                  bc.get("cloned_init_states"))
-            if data is None:  # every own group was dropped: the demos alone
+            if data is None:  # no own steps kept (yet): the demos alone
                 data = demos.select(*stored_keys(actor, demos))
-            else:  # own steps train on their whole chunk, as without demos
-                data.set("action_mask", torch.ones(data.shape[0], actor.chunk_size, dtype=torch.bool))
+            else:
                 shared = [k for k in data.keys(True, True) if k in demos.keys(True, True)]  # not task_id: the update never reads it
                 data = torch.cat([data.select(*shared), demos.select(*shared)], 0)
         if data is not None:
             if spread is not None and not spread.ready:  # the start policy's spread on iteration 1's observations
                 spread.set_probe(actor, data)
-            if cfg.target_steps:
-                data = relabel_chunks(actor, data, cfg.target_steps).exclude("action_noise")
-            recent.append(data)
-        if recent:
-            refill_replay_buffer(buffer, torch.cat(list(recent), 0))
+            refill_replay_buffer(buffer, data)
             metrics = update_policy(loss_module, buffer, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
-                                    max_grad_norm=1.0, generator=gen)
+                                    max_grad_norm=1.0, generator=gen,
+                                    step_callback=(lambda ok: ema.update(learner) if ok else None) if ema is not None else None)
         if spread is not None and spread.ready:
             metrics["spread_before"], metrics["spread"] = spread.restore(actor)
         step_s = time.perf_counter() - t0

@@ -114,19 +114,26 @@ class WeightEMA:
     snapshot can sit on a lucky high point that any later update regresses from. The
     average follows the trend instead. The decay warms up as min(decay, (1 + n) / (10 + n))
     after n updates, so the random initial weights do not linger in it.
+
+    `average`: an existing module of the same shape to hold the average (e.g. the policy that acts
+    in the envs while a copy trains), instead of a fresh copy of `model`; it starts from its own
+    weights. `warmup=False` uses `decay` from the first update: for a fine-tune whose start weights
+    are already good and should weigh in fully.
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+    def __init__(self, model: torch.nn.Module, decay: float, *, average: torch.nn.Module | None = None,
+                 warmup: bool = True) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = float(decay)
+        self.warmup = warmup
         self.updates = 0
-        self.model = copy.deepcopy(model).eval()
+        self.model = copy.deepcopy(model).eval() if average is None else average
         self.model.requires_grad_(False)
 
     def current_decay(self) -> float:
         """The decay the next update uses (warm-up included)."""
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+        return min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:

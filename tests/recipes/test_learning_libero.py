@@ -14,6 +14,7 @@ def bench(import_benchmark):
 
 @pytest.mark.parametrize("argv, message", [
     (["--buffer-iterations", "0"], "--buffer-iterations must be >= 1"),
+    (["--ema-decay", "1"], "--ema-decay must be in [0, 1)"),
     (["--group-size", "1"], "--group-size must be >= 2"),
     (["--eval-init-states", "39", "40"], "must not overlap"),
     (["--mode", "ppo"], "use weighted or cfg"),

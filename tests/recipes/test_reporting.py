@@ -128,3 +128,18 @@ def test_weight_ema_warms_up_then_averages_and_leaves_the_model_alone():
     assert torch.equal(model.weight, torch.ones(1, 2))  # the trained model is never touched
     with pytest.raises(ValueError, match="decay must be in"):
         WeightEMA(model, decay=1.0)
+
+
+def test_weight_ema_can_average_into_an_existing_module_without_warm_up():
+    """The acting policy itself holds the average of a training copy: it starts from its own weights."""
+    from ript.recipes.common.optim import WeightEMA
+
+    acting, learner = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        acting.weight.fill_(0.0)
+        learner.weight.fill_(1.0)
+    ema = WeightEMA(learner, decay=0.9, average=acting, warmup=False)
+    assert ema.model is acting and ema.current_decay() == 0.9
+    ema.update(learner)
+    assert torch.allclose(acting.weight, torch.full((1, 2), 0.1))  # the start weights keep 90 %
+    assert torch.equal(learner.weight, torch.ones(1, 2)) and learner.weight.requires_grad
