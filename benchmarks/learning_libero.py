@@ -86,7 +86,7 @@ class LearnConfig:
     lr: float = 1e-5
     epochs: int = 4
     minibatch_size: int = 32
-    buffer_iterations: int = 1  # train on the policy's own kept steps of the last N iterations (1 = on-policy; >1 as AWR's FIFO buffer)
+    buffer_iterations: int = 1  # train on the policy's own kept steps of the last N iterations that kept any (1 = on-policy; >1 as AWR's FIFO buffer)
     ema_decay: float = 0.0  # > 0: a copy trains and the acting (and evaluated) policy is its weight average (e.g. 0.995); 0 = acts as trained
     temperature: float = 4.0
     w_max: float = 20.0
@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # with --ema-decay a copy trains and `actor` (what acts and is evaluated) holds its weight average
     learner = copy.deepcopy(actor) if cfg.ema_decay > 0 else actor
     ema = WeightEMA(learner, cfg.ema_decay, average=actor, warmup=False) if cfg.ema_decay > 0 else None
+    after_step = None if ema is None else (lambda finite: ema.update(learner) if finite else None)  # average each taken step
     loss_module = RIPTCFGLoss(learner, mode=cfg.mode, temperature=cfg.temperature, w_max=cfg.w_max, positive_only=cfg.positive_only,
                               p_uncond=cfg.p_uncond, reference=reference, anchor_coef=cfg.anchor, anchor_num_steps=cfg.target_steps or None)
     optimizer = torch.optim.AdamW([p for p in learner.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
@@ -372,8 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 spread.set_probe(actor, data)
             refill_replay_buffer(buffer, data)
             metrics = update_policy(loss_module, buffer, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
-                                    max_grad_norm=1.0, generator=gen,
-                                    step_callback=(lambda ok: ema.update(learner) if ok else None) if ema is not None else None)
+                                    max_grad_norm=1.0, generator=gen, step_callback=after_step)
         if spread is not None and spread.ready:
             metrics["spread_before"], metrics["spread"] = spread.restore(actor)
         step_s = time.perf_counter() - t0
