@@ -7,6 +7,7 @@ from .policy import FlowMatchingPolicy
 from .rollout import (
     SpreadKeeper,
     action_spread,
+    balance_by_key,
     collect_informative_groups,
     evaluate_success_rate,
     make_replay_buffer,

@@ -145,6 +145,28 @@ def refill_replay_buffer(buffer: TensorDictReplayBuffer, data: TensorDictBase | 
     return len(buffer)
 
 
+def balance_by_key(data: TensorDictBase, key: str | tuple[str, ...], *, generator: torch.Generator | None = None) -> TensorDictBase:
+    """Upsample every group of equal `key` rows (e.g. a task's instruction tokens) to the largest group's size.
+
+    Why: on several tasks at once, the kept successes come mostly from the easiest task, so the update
+    would serve it most and the hardest task least. Drawing each smaller group's extra rows with
+    replacement gives every task the same share of the batch and drops no row. Returns `data`
+    unchanged when it holds one group; otherwise a copy, each group's rows first in their original order.
+    """
+    values = data.get(key).reshape(data.shape[0], -1)
+    _, group = torch.unique(values, dim=0, return_inverse=True)
+    counts = torch.bincount(group)
+    if counts.numel() < 2:
+        return data
+    largest = int(counts.max())
+    index = []
+    for g in range(counts.numel()):
+        rows = torch.nonzero(group == g).reshape(-1)
+        extra = rows[torch.randint(rows.numel(), (largest - rows.numel(),), generator=generator)]
+        index += [rows, extra]
+    return data[torch.cat(index)]
+
+
 def relabel_chunks(policy: FlowMatchingPolicy, data: TensorDictBase, num_steps: int, *, batch_size: int = 256) -> TensorDictBase:
     """Replace each stored chunk by the same noise integrated with `num_steps` Euler steps (a copy; `data` is kept).
 

@@ -15,7 +15,8 @@ Then RIPT-CFG on its own rollouts (no demonstrations unless --demo-replay):
   the successes' steps alone (filtered self-imitation), --demo-replay N adds N expert demos
   per task to every iteration's steps (advantage +1), drawn among the training init states
   the checkpoint was cloned on; --buffer-iterations N keeps the own kept steps of the last N
-  iterations (the demos are drawn afresh beside them); --ema-decay D acts and evaluates with an
+  iterations (the demos are drawn afresh beside them); --balance-tasks gives every task's own steps
+  the same share of that window; --ema-decay D acts and evaluates with an
   exponential average of the trained weights (the start policy's own weights at first);
 - held-out evaluation: init states 40-49 (never in a demo nor in RIPT's groups), each
   `eval_repeats` times: 50 episodes per task at the start, every `eval_every` iterations
@@ -51,7 +52,7 @@ import torch
 from tensordict import TensorDict
 
 import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
-from ript.algos import GroupLOOAdvantage, RIPTCFGLoss, steps_with_weight
+from ript.algos import GroupLOOAdvantage, RIPTCFGLoss, balance_by_key, steps_with_weight
 from ript.algos.pi0_actor import PI0Actor
 from ript.algos.policy import evaluating
 from ript.algos.rollout import SpreadKeeper, make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
@@ -87,6 +88,7 @@ class LearnConfig:
     epochs: int = 4
     minibatch_size: int = 32
     buffer_iterations: int = 1  # train on the policy's own kept steps of the last N iterations that kept any (1 = on-policy; >1 as AWR's FIFO buffer)
+    balance_tasks: bool = False  # upsample each task's own steps in the window to the task with the most (balance_by_key): every task gets an equal share
     ema_decay: float = 0.0  # > 0: a copy trains and the acting (and evaluated) policy is its weight average (e.g. 0.995); 0 = acts as trained
     temperature: float = 4.0
     w_max: float = 20.0
@@ -167,7 +169,8 @@ def stopped_run(cfg: LearnConfig) -> Path | None:
     if latest is None or not results.is_file():
         raise SystemExit(f"--resume: {out} holds no checkpoint of a stopped run; drop --resume to start afresh")
     saved = json.loads(results.read_text())["config"]
-    diff = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    defaults = asdict(LearnConfig())  # a setting newer than the stopped run: it ran with the default
+    diff = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v)
     if diff:
         raise SystemExit(f"--resume: {diff} differ from the stopped run's (in {results}); pass the same settings")
     return latest
@@ -285,6 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = torch.Generator().manual_seed(cfg.seed + 1)
     demo_rng = torch.Generator().manual_seed(cfg.seed + 3)  # its own stream: the groups' init states stay those of a run without demos
+    balance_rng = torch.Generator().manual_seed(cfg.seed + 5)  # likewise for --balance-tasks' draws
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
@@ -302,8 +306,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if ema is not None:
             actor.load_state_dict(state["acting_weights"])
         evals, iterations, ript_s = state["evals"], state["iterations"], state["ript_s"]
-        for g, name in ((gen, "gen"), (rng, "rng"), (demo_rng, "demo_rng")):
-            g.set_state(state[name])
+        for g, name in ((gen, "gen"), (rng, "rng"), (demo_rng, "demo_rng"), (balance_rng, "balance_rng")):
+            if name in state:  # balance_rng: absent from checkpoints written before --balance-tasks
+                g.set_state(state[name])
         actor.noise_scale = state["noise_scale"]
         log(f"resumed from {resume_from}: {len(iterations)} iterations, {ript_s / 60:.1f} RIPT min done "
             "(the replay window restarts empty; env draws differ from an unbroken run)")
@@ -323,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         """Everything a resumed run needs to go on as this one would (but the replay window and the env draws)."""
         checkpointer.save(len(iterations), policy=learner, optimizer=optimizer, extra={
             "evals": evals, "iterations": iterations, "ript_s": ript_s, "noise_scale": actor.noise_scale,
-            "gen": gen.get_state(), "rng": rng.get_state(), "demo_rng": demo_rng.get_state(),
+            "gen": gen.get_state(), "rng": rng.get_state(), "demo_rng": demo_rng.get_state(), "balance_rng": balance_rng.get_state(),
             **({"acting_weights": actor.state_dict()} if ema is not None else {})})
 
     if resume_from is None:
@@ -359,6 +364,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 own.set("action_mask", torch.ones(own.shape[0], actor.chunk_size, dtype=torch.bool))
             recent.append(own)
         data = torch.cat(list(recent), 0) if recent else None
+        upsampled = 0
+        if data is not None and cfg.balance_tasks:
+            upsampled = -data.shape[0]
+            data = balance_by_key(data, ("observation", "language_tokens"), generator=balance_rng)
+            upsampled += data.shape[0]
         if cfg.demo_replay:  # fresh expert demos every iteration, from training init states only
             starts = torch.randperm(len(demo_states), generator=demo_rng)[: cfg.demo_replay]
             demos = expert_steps(actor, demo_dataset, bc["config"], [demo_states[int(i)] for i in starts], norm,
@@ -381,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         point = {"iteration": it, "group_init_states": picks,
                  "train_success": runner.success_by_task(results), "kept_groups": stats.get("kept_groups", 0),
                  "dropped_groups": stats.get("dropped_groups", 0), "kept_steps": stats.get("kept_steps", 0),
-                 "trained_steps": data.shape[0] if data is not None else 0,
+                 "trained_steps": data.shape[0] if data is not None else 0, "upsampled_steps": upsampled,
                  "anchor_only_steps": stats.get("uninformative_steps", 0),
                  "loss": metrics.get("loss_mean", metrics.get("fm_loss_mean")), "weight_max": metrics.get("weight_max"),
                  "fm_loss": metrics.get("fm_loss_mean"), "anchor_loss": metrics.get("anchor_loss"),

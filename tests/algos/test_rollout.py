@@ -4,7 +4,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from ript.algos import FlowMatchingMLPPolicy, relabel_chunks
+from ript.algos import FlowMatchingMLPPolicy, balance_by_key, relabel_chunks
 
 
 def _policy() -> FlowMatchingMLPPolicy:
@@ -67,3 +67,22 @@ def test_match_action_spread_sets_the_acting_noise_scale():
     torch.testing.assert_close(relabel_chunks(policy, td, num_steps=2)["action_chunk"], td["action_chunk"])
     with pytest.raises(ValueError, match="two noise draws"):
         action_spread(policy, probe, unit[:1])
+
+
+def test_balance_by_key_gives_every_task_the_largest_tasks_count():
+    tokens = torch.tensor([[1, 2]] * 6 + [[3, 4]] * 2 + [[5, 6]] * 3)  # three tasks: 6, 2 and 3 steps
+    data = TensorDict({"observation": {"language_tokens": tokens}, "step": torch.arange(11)}, batch_size=[11])
+    out = balance_by_key(data, ("observation", "language_tokens"), generator=torch.Generator().manual_seed(0))
+    assert out.shape[0] == 18
+    _, counts = torch.unique(out["observation", "language_tokens"], dim=0, return_counts=True)
+    assert counts.tolist() == [6, 6, 6]
+    assert set(out["step"].tolist()) == set(range(11))  # no row is dropped
+    for task in ([3, 4], [5, 6]):  # extra rows are copies of that task's own rows
+        rows = (out["observation", "language_tokens"] == torch.tensor(task)).all(-1)
+        original = (tokens == torch.tensor(task)).all(-1).nonzero().reshape(-1)
+        assert set(out["step"][rows].tolist()) == set(original.tolist())
+
+
+def test_balance_by_key_leaves_one_task_alone():
+    data = TensorDict({"task": torch.zeros(4, 1)}, batch_size=[4])
+    assert balance_by_key(data, "task") is data
