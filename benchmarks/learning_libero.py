@@ -70,7 +70,8 @@ DEFAULT_CHECKPOINT = "configs/pretrained/tiny_pi0_libero"
 
 @dataclass
 class LearnConfig:
-    """Defaults are run K's settings (README): successes only, 6 expert demos per task replayed each iteration."""
+    """Defaults are run X's settings (README): successes only, a weight-averaged acting policy, own successes kept
+    over 10 iterations with each task given an equal share, every cloned demo replayed each iteration."""
 
     checkpoint: str = DEFAULT_CHECKPOINT
     out: str = "runs/learning_libero"
@@ -84,16 +85,16 @@ class LearnConfig:
     mode: str = "weighted"
     group_size: int = 4
     groups_per_task: int = 4
-    lr: float = 1e-5
-    epochs: int = 4
+    lr: float = 1e-4
+    epochs: int = 2
     minibatch_size: int = 32
-    buffer_iterations: int = 1  # train on the policy's own kept steps of the last N iterations that kept any (1 = on-policy; >1 as AWR's FIFO buffer)
-    balance_tasks: bool = False  # upsample each task's own steps in the window to the task with the most (balance_by_key): every task gets an equal share
-    ema_decay: float = 0.0  # > 0: a copy trains and the acting (and evaluated) policy is its weight average (e.g. 0.995); 0 = acts as trained
+    buffer_iterations: int = 10  # train on the policy's own kept steps of the last N iterations that kept any (1 = on-policy; >1 as AWR's FIFO buffer)
+    balance_tasks: bool = True  # upsample each task's own steps in the window to the task with the most (balance_by_key): every task gets an equal share
+    ema_decay: float = 0.99  # > 0: a copy trains and the acting (and evaluated) policy is its weight average (e.g. 0.995); 0 = acts as trained
     temperature: float = 4.0
     w_max: float = 20.0
     positive_only: bool = True  # weighted mode: failures get weight 0 (filtered self-imitation; RIPTCFGLoss positive_only)
-    demo_replay: int = 6  # expert demos per task replayed beside every iteration's own steps (advantage +1, RLPD-style); 0 = off
+    demo_replay: int = 15  # expert demos per task replayed beside every iteration's own steps (advantage +1, RLPD-style); 0 = off
     demo_dataset: str = ""  # the LeRobotDataset they come from (empty: the one the checkpoint was cloned on)
     anchor: float = 0.0  # RIPTCFGLoss anchor_coef: pull towards the start policy's samples (frozen copy); 0 = off
     anchor_all_states: bool = False  # anchor on every collected step, also of all-fail/all-success groups (needs --anchor > 0)

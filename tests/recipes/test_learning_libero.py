@@ -120,4 +120,4 @@ def test_a_run_stopped_before_a_setting_existed_resumes_with_its_default(bench, 
     bench.Checkpointer(tmp_path).save(1, policy=torch.nn.Linear(1, 1))
     assert bench.stopped_run(bench.LearnConfig(out=str(tmp_path), resume=True)) is not None
     with pytest.raises(SystemExit, match=r"\['balance_tasks'\] differ from the stopped run's"):
-        bench.stopped_run(bench.LearnConfig(out=str(tmp_path), resume=True, balance_tasks=True))
+        bench.stopped_run(bench.LearnConfig(out=str(tmp_path), resume=True, balance_tasks=not bench.LearnConfig.balance_tasks))
