@@ -2,7 +2,7 @@
 
 Start: the behaviour-cloned tiny PI0 shipped in configs/pretrained/ (scripted demos of
 three tasks from three suites; `recipes/collect_demos.py` + `recipes/bc_pretrain.py`).
-Then RIPT-CFG on its own rollouts (no demonstrations unless --demo-replay):
+Then RIPT-CFG on its own rollouts (beside replayed expert demos: --demo-replay, 0 for none):
 
 - one LIBERO worker per task (ParallelEnv, each in its own suite) with the PI0 transforms,
   driven by a torchrl Collector;
