@@ -111,6 +111,8 @@ class LearnConfig:
 
 # settings a resumed run may change: its budget and reporting, not what it measures or how it learns
 RESUMABLE_CHANGES = ("resume", "minutes", "max_iterations", "eval_every", "save_results", "reuse_start")
+# settings added after runs were already stopped, with the value that reproduces how those runs went (not today's default)
+BEFORE_IT_EXISTED = {"balance_tasks": False}
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -170,8 +172,7 @@ def stopped_run(cfg: LearnConfig) -> Path | None:
     if latest is None or not results.is_file():
         raise SystemExit(f"--resume: {out} holds no checkpoint of a stopped run; drop --resume to start afresh")
     saved = json.loads(results.read_text())["config"]
-    defaults = asdict(LearnConfig())  # a setting newer than the stopped run: it ran with the default
-    diff = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v)
+    diff = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and saved.get(k, BEFORE_IT_EXISTED.get(k)) != v)
     if diff:
         raise SystemExit(f"--resume: {diff} differ from the stopped run's (in {results}); pass the same settings")
     return latest
@@ -367,9 +368,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = torch.cat(list(recent), 0) if recent else None
         upsampled = 0
         if data is not None and cfg.balance_tasks:
-            upsampled = -data.shape[0]
+            own_steps = data.shape[0]
             data = balance_by_key(data, ("observation", "language_tokens"), generator=balance_rng)
-            upsampled += data.shape[0]
+            upsampled = data.shape[0] - own_steps
         if cfg.demo_replay:  # fresh expert demos every iteration, from training init states only
             starts = torch.randperm(len(demo_states), generator=demo_rng)[: cfg.demo_replay]
             demos = expert_steps(actor, demo_dataset, bc["config"], [demo_states[int(i)] for i in starts], norm,

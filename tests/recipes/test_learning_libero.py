@@ -112,12 +112,12 @@ def test_demo_replay_draws_only_demos_the_checkpoint_was_cloned_on(bench):
     assert bench.replay_init_states(list(range(40)), set(range(40)), per_task) == list(range(15))
 
 
-def test_a_run_stopped_before_a_setting_existed_resumes_with_its_default(bench, tmp_path):
-    """A checkpoint's json lacks settings added since; it ran with their defaults, so only a non-default is refused."""
+def test_a_run_stopped_before_a_setting_existed_resumes_as_it_ran(bench, tmp_path):
+    """A checkpoint's json lacks settings added since; it ran as if they were off (not today's defaults), so only that resumes."""
     saved = asdict(bench.LearnConfig(out=str(tmp_path)))
     del saved["balance_tasks"]
     (tmp_path / "learning_libero.json").write_text(json.dumps({"config": saved}))
     bench.Checkpointer(tmp_path).save(1, policy=torch.nn.Linear(1, 1))
-    assert bench.stopped_run(bench.LearnConfig(out=str(tmp_path), resume=True)) is not None
+    assert bench.stopped_run(bench.LearnConfig(out=str(tmp_path), resume=True, balance_tasks=False)) is not None
     with pytest.raises(SystemExit, match=r"\['balance_tasks'\] differ from the stopped run's"):
-        bench.stopped_run(bench.LearnConfig(out=str(tmp_path), resume=True, balance_tasks=not bench.LearnConfig.balance_tasks))
+        bench.stopped_run(bench.LearnConfig(out=str(tmp_path), resume=True, balance_tasks=True))
