@@ -6,6 +6,7 @@ from .mlp_policy import FlowMatchingMLPPolicy
 from .policy import FlowMatchingPolicy
 from .rollout import (
     SpreadKeeper,
+    StepWindow,
     action_spread,
     balance_by_key,
     collect_informative_groups,

@@ -175,7 +175,7 @@ class GroupLOOAdvantage(Transform):
             row_td = td[row]
             if has_mask:
                 row_td = row_td[row_td.get(("collector", "mask")).reshape(-1).bool()]
-            if row_td.numel() == 0:
+            if row_td.batch_size.numel() == 0:  # TensorDict.numel() is never below 1
                 continue
             done = row_td.get(self.done_key).reshape(row_td.shape[0], -1).any(-1)
             if has_traj:

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 
 import torch
@@ -136,7 +136,7 @@ def make_replay_buffer(capacity: int, *, device: torch.device | str | None = Non
 def refill_replay_buffer(buffer: TensorDictReplayBuffer, data: TensorDictBase | None) -> int:
     """Replace the buffer's content by `data` (on-policy: one iteration's kept steps); returns its length."""
     buffer.empty()
-    if data is None or data.numel() == 0:
+    if data is None or data.batch_size.numel() == 0:  # TensorDict.numel() is never below 1
         return 0
     capacity = buffer._storage.max_size
     if data.numel() > capacity:
@@ -165,6 +165,43 @@ def balance_by_key(data: TensorDictBase, key: str | tuple[str, ...], *, generato
         extra = rows[torch.randint(rows.numel(), (largest - rows.numel(),), generator=generator)]
         index += [rows, extra]
     return data[torch.cat(index)]
+
+
+class StepWindow:
+    """The kept steps of the last `iterations` iterations that kept any, trained on together (newest last).
+
+    Why: on a policy that succeeds rarely, one iteration's successes are few, and an on-policy update
+    forgets them at the next. Keeping them for a few iterations (AWR's FIFO buffer) keeps imitating
+    them while new ones arrive; `iterations=1` is on-policy. With `balance_key` (e.g. the task id or
+    its instruction tokens) every group of equal keys gets the same share (`balance_by_key`), so the
+    task with the fewest successes is not the one served least.
+    """
+
+    def __init__(self, iterations: int, *, balance_key: str | tuple[str, ...] | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1 (1 trains on the latest kept steps only), got {iterations}.")
+        self.parts: deque[TensorDictBase] = deque(maxlen=iterations)
+        self.balance_key = balance_key
+        self.generator = generator
+
+    def add(self, steps: TensorDictBase | None) -> None:
+        """One iteration's kept steps; an iteration that kept none leaves the window as it was."""
+        if steps is not None and steps.batch_size.numel() > 0:
+            self.parts.append(steps.reshape(-1))
+
+    def gather(self, generator: torch.Generator | None = None) -> tuple[TensorDictBase | None, int]:
+        """The window's steps (balanced when asked) and how many rows balancing added; (None, 0) when empty.
+
+        `generator` draws the balancing rows instead of the window's own (e.g. one seeded per iteration).
+        """
+        if not self.parts:
+            return None, 0
+        data = torch.cat(list(self.parts), 0)
+        if self.balance_key is None:
+            return data, 0
+        balanced = balance_by_key(data, self.balance_key, generator=generator if generator is not None else self.generator)
+        return balanced, balanced.shape[0] - data.shape[0]
 
 
 def relabel_chunks(policy: FlowMatchingPolicy, data: TensorDictBase, num_steps: int, *, batch_size: int = 256) -> TensorDictBase:

@@ -40,7 +40,6 @@ import json
 import shutil
 import sys
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,10 +51,10 @@ import torch
 from tensordict import TensorDict
 
 import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
-from ript.algos import GroupLOOAdvantage, RIPTCFGLoss, balance_by_key, steps_with_weight
+from ript.algos import GroupLOOAdvantage, RIPTCFGLoss, steps_with_weight
 from ript.algos.pi0_actor import PI0Actor
 from ript.algos.policy import evaluating
-from ript.algos.rollout import SpreadKeeper, make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
+from ript.algos.rollout import SpreadKeeper, StepWindow, make_replay_buffer, refill_replay_buffer, relabel_chunks, update_policy
 from ript.envs import NormStats
 from ript.recipes.bc_pretrain import BCConfig, demo_info, load_demos
 from ript.recipes.common.multitask import TaskWorkers, draw_group_starts, open_bc_checkpoint
@@ -286,11 +285,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               p_uncond=cfg.p_uncond, reference=reference, anchor_coef=cfg.anchor, anchor_num_steps=cfg.target_steps or None)
     optimizer = torch.optim.AdamW([p for p in learner.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     buffer = make_replay_buffer(len(tasks) * (cfg.buffer_iterations * cfg.groups_per_task * cfg.group_size * 80 + cfg.demo_replay * 40))
-    recent: deque = deque(maxlen=cfg.buffer_iterations)  # the policy's own kept steps per iteration, newest last
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = torch.Generator().manual_seed(cfg.seed + 1)
     demo_rng = torch.Generator().manual_seed(cfg.seed + 3)  # its own stream: the groups' init states stay those of a run without demos
     balance_rng = torch.Generator().manual_seed(cfg.seed + 5)  # likewise for --balance-tasks' draws
+    window = StepWindow(cfg.buffer_iterations, balance_key=("observation", "language_tokens") if cfg.balance_tasks else None,
+                        generator=balance_rng)  # the policy's own kept steps of recent iterations
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
@@ -364,13 +364,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 own = relabel_chunks(actor, own, cfg.target_steps).exclude("action_noise")
             if cfg.demo_replay:  # own steps train on their whole chunk, as without demos
                 own.set("action_mask", torch.ones(own.shape[0], actor.chunk_size, dtype=torch.bool))
-            recent.append(own)
-        data = torch.cat(list(recent), 0) if recent else None
-        upsampled = 0
-        if data is not None and cfg.balance_tasks:
-            own_steps = data.shape[0]
-            data = balance_by_key(data, ("observation", "language_tokens"), generator=balance_rng)
-            upsampled = data.shape[0] - own_steps
+            window.add(own)
+        data, upsampled = window.gather()
         if cfg.demo_replay:  # fresh expert demos every iteration, from training init states only
             starts = torch.randperm(len(demo_states), generator=demo_rng)[: cfg.demo_replay]
             demos = expert_steps(actor, demo_dataset, bc["config"], [demo_states[int(i)] for i in starts], norm,

@@ -9,14 +9,18 @@ One iteration, top to bottom:
   2. queue K episodes per context on the env workers; a torchrl Collector rolls them out
   3. leave-one-out advantages per group; all-equal groups dropped; more contexts drawn
      until `algo.target_groups` informative groups are kept or `algo.max_context_draws` is hit
-  4. the kept decision steps go to a TensorDictReplayBuffer (uint8 images)
+  4. the kept decision steps go to a TensorDictReplayBuffer (uint8 images), beside those of the
+     last `algo.buffer_iterations` - 1 iterations (each task given an equal share: `algo.balance_tasks`)
   5. epochs x minibatches of RIPTCFGLoss (grad accumulation, clipping, AMP, non-finite skip)
   6. log (console, CSV, wandb), periodic eval on held-out init states + video, checkpoint
+With `algo.ema_decay` a copy of the policy trains, and the policy that acts, is evaluated and
+is saved is the exponential average of its weights (updated after every optimizer step).
 
 Reproducibility: every iteration seeds its randomness from (train.seed, rank,
 iteration), and a checkpoint holds everything else (weights, optimizer, scheduler,
-scaler, RNG, sampler, early stopping), so 2 iterations + resume + 2 iterations give
-the same parameters as 4 iterations in one go.
+scaler, RNG, sampler, early stopping, the trained copy under algo.ema_decay), so 2 iterations
++ resume + 2 iterations give the same parameters as 4 iterations in one go. Not the window of
+earlier iterations' steps (algo.buffer_iterations > 1): it restarts empty on resume.
 Hooks for DDP and reliability: a `DistInfo` travels through the run (rank-0 logging
 and checkpoints; contexts drawn per rank); SIGTERM/SIGINT checkpoint and exit 0.
 
@@ -31,6 +35,7 @@ writes; the replicas are checked bit-identical at the end.
 
 from __future__ import annotations
 
+import copy
 import random
 import sys
 import time
@@ -46,7 +51,16 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
-from ript.algos import GroupLOOAdvantage, SpreadKeeper, make_replay_buffer, refill_replay_buffer, relabel_chunks, steps_with_weight, update_policy
+from ript.algos import (
+    GroupLOOAdvantage,
+    SpreadKeeper,
+    StepWindow,
+    make_replay_buffer,
+    refill_replay_buffer,
+    relabel_chunks,
+    steps_with_weight,
+    update_policy,
+)
 from ript.algos.sampling import ContextSampler
 from ript.recipes.common.checkpoint import CheckpointError, Checkpointer, resolve_resume
 from ript.recipes.common.config import ConfigError, RIPTConfig, run_main, to_dict, to_yaml
@@ -75,7 +89,7 @@ from ript.recipes.common.factories import (
     wrap_ddp,
 )
 from ript.recipes.common.logging import MetricLogger, PhaseTimer, memory_stats
-from ript.recipes.common.optim import EarlyStopping, amp_dtype
+from ript.recipes.common.optim import EarlyStopping, WeightEMA, amp_dtype
 from ript.recipes.common.plotting import plot_training_curves
 from ript.recipes.common.preemption import PreemptionHandler
 from ript.recipes.common.preflight import PreflightError, run_preflight
@@ -109,6 +123,7 @@ def csv_columns(cfg: RIPTConfig) -> list[str]:
     return [
         "train/success_rate", "train/episodes", "eval/success_rate", "eval/episodes", *per_task,
         "groups/kept", "groups/dropped", "groups/contexts_drawn", "data/decision_steps", "data/env_frames",
+        "data/trained_steps", "data/upsampled_steps",
         "loss/total", "loss/fm_mean", "loss/weight_mean", "loss/weight_max", "loss/frac_positive", "loss/anchor",
         "policy/spread_after_update", "policy/noise_scale",
         "optim/grad_norm", "optim/lr", "optim/steps", "optim/skipped_nonfinite",
@@ -339,14 +354,28 @@ def _run(
     envs: EnvSupervisor,
     nonfinite: NonFiniteGuard,
 ) -> dict[str, Any]:
-    loss_module = make_loss(cfg, policy, sync_across_ranks=dist.enabled)
+    a = cfg.algo
+    # with algo.ema_decay a copy trains (`learner`) and `policy` (what acts, is evaluated and saved) holds its weight average
+    learner = copy.deepcopy(policy) if a.ema_decay > 0 else policy
+    ema = WeightEMA(learner, a.ema_decay, average=policy, warmup=False) if a.ema_decay > 0 else None
+    loss_module = make_loss(cfg, learner, sync_across_ranks=dist.enabled)
     if dist.enabled:  # DDP broadcasts rank 0's initial weights to every rank here
         loss_module = wrap_ddp(loss_module, device)
-    opt = make_optimization(cfg, policy, device)
+        if ema is not None:  # ... into the trained copy: the average starts from those weights too
+            policy.load_state_dict(learner.state_dict())
+    opt = make_optimization(cfg, learner, device)
+
+    def after_step(finite: bool) -> None:
+        nonfinite(finite)  # RunAborted after optim.max_consecutive_nonfinite skips in a row
+        if ema is not None and finite:
+            ema.update(learner)
+
     # anchor_all_states: uniform groups come out too, flagged uninformative (the loss anchors on them only)
     advantage = GroupLOOAdvantage(cfg.algo.group_size, drop_uninformative=not cfg.algo.anchor_all_states)
-    capacity = cfg.algo.max_context_draws * cfg.algo.group_size * (max_decision_steps(cfg) + 1)
-    buffer = make_replay_buffer(capacity)
+    per_iteration = a.max_context_draws * a.group_size * (max_decision_steps(cfg) + 1)
+    # balancing can upsample every task to the largest's count
+    buffer = make_replay_buffer(per_iteration * a.buffer_iterations * (len(cfg.env.tasks) if a.balance_tasks else 1))
+    window = StepWindow(a.buffer_iterations, balance_key="task_id" if a.balance_tasks else None)
     contexts = [(t, s) for t in cfg.env.tasks for s in cfg.env.train_init_states]
     if len(contexts) >= dist.world_size:  # each rank its own share (else all ranks share all, with distinct seeds)
         contexts = shard(contexts, dist)
@@ -369,11 +398,18 @@ def _run(
         sampler.load_state_dict(per_rank[dist.rank] if per_rank and len(per_rank) == dist.world_size else state["extra"]["sampler"])
         early.load_state_dict(state["extra"]["early_stopping"])
         policy.noise_scale = float(state["extra"].get("noise_scale", 1.0))  # acting temperature (algo.keep_spread)
+        if ema is not None:  # the checkpoint's policy is the average; the trained copy is stored beside it
+            learner.load_state_dict(state["extra"].get("learner_weights", policy.state_dict()))
+            if "learner_weights" not in state["extra"]:
+                logger.info("note: the checkpoint was written without algo.ema_decay: training continues from its weights")
         start_it = state["iteration"]
-        logger.info(f"resumed from {resume_from} at iteration {start_it}")
+        window_note = " (the window of earlier iterations' steps restarts empty)" if a.buffer_iterations > 1 else ""
+        logger.info(f"resumed from {resume_from} at iteration {start_it}{window_note}")
 
     def save(it: int, metrics: dict[str, Any], is_best: bool = False, sampler_state: dict[str, Any] | None = None) -> None:
         check_finite_parameters(policy, it)  # never replace the last good checkpoint by a diverged model
+        if ema is not None:
+            check_finite_parameters(learner, it)
         sampler_state = sampler_state if sampler_state is not None else sampler.state_dict()
         sampler_ranks = all_gather_object(dist, sampler_state)  # every rank's contexts and outcomes
         checkpointer.save(
@@ -385,7 +421,7 @@ def _run(
             config_yaml=to_yaml(cfg),
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             extra={"sampler": sampler_state, "sampler_ranks": sampler_ranks, "early_stopping": early.state_dict(),
-                   "noise_scale": policy.noise_scale},
+                   "noise_scale": policy.noise_scale, **({"learner_weights": learner.state_dict()} if ema is not None else {})},
             is_best=is_best,
         )
         barrier(dist, f"checkpoint of iteration {it}")  # the others wait (timed) while rank 0 writes
@@ -419,9 +455,12 @@ def _run(
                     data = steps_with_weight(data, positive_only=cfg.algo.positive_only, anchor_coef=cfg.algo.anchor_coef)
                 if data is not None and cfg.algo.target_steps:  # train on the flow's own samples of the acted noise
                     data = relabel_chunks(policy, data, cfg.algo.target_steps).exclude("action_noise")
+                window.add(data)
+                data, upsampled = window.gather(generator=gen)
                 n_steps = refill_replay_buffer(buffer, data)
                 n_steps_all = int(all_reduce_sum(dist, [n_steps])[0])  # update if ANY rank has data (DDP: all or none)
             metrics = dict(collected.metrics)
+            metrics["data/trained_steps"], metrics["data/upsampled_steps"] = (int(v) for v in all_reduce_sum(dist, [n_steps, upsampled]))
             with timer("update"):
                 if n_steps_all > 0:
                     upd = update_policy(
@@ -437,7 +476,7 @@ def _run(
                         scheduler=opt.scheduler,
                         device=device,
                         generator=gen,
-                        step_callback=nonfinite,  # RunAborted after optim.max_consecutive_nonfinite skips in a row
+                        step_callback=after_step,
                     )
                     metrics.update({
                         "loss/total": upd.get("loss_ript_cfg", float("nan")),

@@ -95,6 +95,9 @@ class AlgoConfig:
     anchor_all_states: bool = False  # anchor on every collected step, also of all-fail/all-success groups (needs anchor_coef > 0)
     target_steps: int = 0  # > 0: train on the acted noise re-integrated with this many Euler steps (relabel_chunks); 0: on the acted chunks
     keep_spread: bool = False  # after every update, rescale the acting noise so the action spread stays at its first-iteration value (SpreadKeeper)
+    ema_decay: float = 0.0  # > 0: a copy trains and the acting, evaluated and saved policy is its weight average (0.99 in benchmarks/learning_libero.py); 0 = acts as trained
+    buffer_iterations: int = 1  # train on the kept steps of the last N iterations that kept any (1 = on-policy; the window restarts empty on resume)
+    balance_tasks: bool = False  # give every task's steps in that window the same share (upsampled with replacement: balance_by_key on task_id)
 
 
 @dataclass
@@ -341,6 +344,8 @@ def validate(cfg: RIPTConfig) -> None:
     need(not a.anchor_all_states or a.anchor_coef > 0, "algo.anchor_all_states=true needs algo.anchor_coef > 0 (it widens the anchor)")
     need(a.target_steps >= 0, f"algo.target_steps={a.target_steps} must be >= 0 (0 trains on the acted chunks)")
     need(not (a.positive_only and a.mode != "weighted"), "algo.positive_only=true applies to algo.mode=weighted only")
+    need(0.0 <= a.ema_decay < 1.0, f"algo.ema_decay={a.ema_decay} must be in [0, 1) (0 acts with the trained weights; 0.99 typical)")
+    need(a.buffer_iterations >= 1, f"algo.buffer_iterations={a.buffer_iterations} must be >= 1 (1 trains on the latest iteration's steps only)")
     need(0.0 <= a.p_uncond < 1.0, f"algo.p_uncond={a.p_uncond} must be in [0, 1)")
     need(not (a.mode == "cfg" and p.kind == "pi0" and not p.cfg_conditioning),
          "algo.mode=cfg needs an optimality-conditioned policy: set policy.cfg_conditioning=true")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from ript.algos import FlowMatchingMLPPolicy, balance_by_key, relabel_chunks
+from ript.algos import FlowMatchingMLPPolicy, StepWindow, balance_by_key, make_replay_buffer, refill_replay_buffer, relabel_chunks
 
 
 def _policy() -> FlowMatchingMLPPolicy:
@@ -86,3 +86,30 @@ def test_balance_by_key_gives_every_task_the_largest_tasks_count():
 def test_balance_by_key_leaves_one_task_alone():
     data = TensorDict({"task": torch.zeros(4, 1)}, batch_size=[4])
     assert balance_by_key(data, "task") is data
+
+
+def test_step_window_keeps_the_last_iterations_that_kept_steps():
+    window = StepWindow(2)
+    assert window.gather() == (None, 0)
+    for i, n in enumerate((3, 0, 2, 4)):  # the iteration that kept nothing leaves the window as it was
+        window.add(TensorDict({"it": torch.full((n,), i)}, batch_size=[n]))
+    data, added = window.gather()
+    assert data["it"].tolist() == [2, 2, 3, 3, 3, 3] and added == 0
+    with pytest.raises(ValueError, match="iterations must be >= 1"):
+        StepWindow(0)
+
+
+def test_step_window_balances_tasks_over_the_whole_window():
+    window = StepWindow(3, balance_key="task_id", generator=torch.Generator().manual_seed(0))
+    window.add(TensorDict({"task_id": torch.tensor([0, 0, 0, 1])}, batch_size=[4]))
+    window.add(TensorDict({"task_id": torch.tensor([0, 0, 1])}, batch_size=[3]))
+    data, added = window.gather()
+    assert added == 3 and torch.bincount(data["task_id"]).tolist() == [5, 5]
+    again, _ = window.gather(generator=torch.Generator().manual_seed(0))  # a per-call generator draws the same rows
+    assert torch.equal(again["task_id"], data["task_id"])
+
+
+def test_refill_with_no_steps_empties_the_buffer():
+    buffer = make_replay_buffer(8)
+    assert refill_replay_buffer(buffer, TensorDict({"a": torch.zeros(3, 2)}, batch_size=[3])) == 3
+    assert refill_replay_buffer(buffer, TensorDict({"a": torch.zeros(0, 2)}, batch_size=[0])) == 0 and len(buffer) == 0

@@ -61,6 +61,8 @@ def test_freeze_reaches_the_loaded_pi0() -> None:
         (["optim.lr=fast"], "optim.lr"),
         (["algo.group_size=1"], "algo.group_size=1 < 2"),
         (["algo.target_steps=-2"], "algo.target_steps=-2 must be >= 0"),
+        (["algo.ema_decay=1.0"], "algo.ema_decay=1.0 must be in [0, 1)"),
+        (["algo.buffer_iterations=0"], "algo.buffer_iterations=0 must be >= 1"),
         (["policy.n_action_steps=20", "policy.chunk_size=10"], "policy.n_action_steps=20"),
         (["optim.minibatch_size=64"], "optim.minibatch_size=64"),
         (["eval.every=0"], "eval.every=0"),

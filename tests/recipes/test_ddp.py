@@ -220,10 +220,12 @@ def test_every_trainable_parameter_gets_a_gradient(kind, mode):
 
 
 @pytest.mark.slow
-def test_torchrun_toy_recipe_two_ranks(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["algo.ema_decay=0.9", "algo.buffer_iterations=2", "env.tasks=[0,1]", "algo.balance_tasks=true"]],
+                         ids=["plain", "average_window_balanced"])
+def test_torchrun_toy_recipe_two_ranks(tmp_path, extra):
     out = tmp_path / "run"
     cmd = [*TORCHRUN, f"--master_port={_free_port()}", str(ROOT / "recipes" / "ript_cfg.py"), "--config-name", "toy",
-           f"logging.output_dir={out}", "train.iterations=2", "distributed.backend=gloo", "distributed.timeout_s=60"]  # fmt: skip
+           f"logging.output_dir={out}", "train.iterations=2", "distributed.backend=gloo", "distributed.timeout_s=60", *extra]  # fmt: skip
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "parameters bit-identical on all 2 ranks" in proc.stdout + proc.stderr
@@ -233,6 +235,7 @@ def test_torchrun_toy_recipe_two_ranks(tmp_path):
     assert (out / "checkpoints").is_dir()
     state = torch.load(out / "checkpoints" / "iter_000002" / "trainer.pt", weights_only=False)
     assert len(state["extra"]["sampler_ranks"]) == 2
+    assert ("learner_weights" in state["extra"]) == bool(extra)  # the trained copy beside the averaged policy
 
 
 def _launch_two_ranks(tmp_path: Path, fault: str) -> tuple[subprocess.Popen, subprocess.Popen]:

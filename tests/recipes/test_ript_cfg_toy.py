@@ -108,3 +108,44 @@ def test_positive_only_trains_on_the_successes_alone(tmp_path: Path) -> None:
     assert every["data/decision_steps"] == pos["data/decision_steps"]  # same seeds: the same rollouts were kept
     assert float(every["loss/frac_positive"]) < 1.0 and float(pos["loss/frac_positive"]) == 1.0
     assert 0 < int(pos["optim/steps"]) < int(every["optim/steps"])
+
+
+def _learner(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt / "trainer.pt", weights_only=False)["extra"]["learner_weights"]
+
+
+def test_weight_average_acts_while_a_copy_trains(tmp_path: Path) -> None:
+    """algo.ema_decay: the trained copy learns as the policy would alone; the saved, acting policy is its average."""
+    common = ["--config-name", "toy", "train.iterations=1", "eval.every=5"]
+    start = main([*common, f"logging.output_dir={tmp_path / 'start'}", "optim.lr=1e-12"])  # the start weights, all but unchanged
+    plain = main([*common, f"logging.output_dir={tmp_path / 'plain'}"])
+    ema = main([*common, f"logging.output_dir={tmp_path / 'ema'}", "algo.ema_decay=0.9"])
+    w0, trained, acting, learner = (_params(start["last_checkpoint"]), _params(plain["last_checkpoint"]),
+                                    _params(ema["last_checkpoint"]), _learner(ema["last_checkpoint"]))
+    for k in trained:  # same seeds and rollouts: the copy trained exactly as the policy does without an average
+        torch.testing.assert_close(learner[k], trained[k], rtol=0, atol=0)
+    moved = lambda w: sum(float((w[k] - w0[k]).norm()) for k in w0)  # noqa: E731
+    assert 0 < moved(acting) < moved(learner)  # the average lags the trained weights
+
+
+def test_weight_average_resumes_like_one_run(tmp_path: Path) -> None:
+    common = ["--config-name", "toy", "eval.every=2", "checkpoint.every=1", "algo.ema_decay=0.8"]
+    one = main([*common, f"logging.output_dir={tmp_path / 'one'}", "train.iterations=3"])
+    main([*common, f"logging.output_dir={tmp_path / 'two'}", "train.iterations=1"])
+    two = main([*common, f"logging.output_dir={tmp_path / 'two'}", "train.iterations=3", "checkpoint.resume=auto"])
+    for read in (_params, _learner):
+        a, b = read(one["last_checkpoint"]), read(two["last_checkpoint"])
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_step_window_trains_on_recent_iterations_with_tasks_balanced(tmp_path: Path) -> None:
+    """algo.buffer_iterations / algo.balance_tasks: each update sees the kept steps of the last N iterations that kept any."""
+    out = main(["--config-name", "toy", f"logging.output_dir={tmp_path / 'w'}", "train.iterations=4", "eval.every=5",
+                "env.tasks=[0,1]", "algo.buffer_iterations=2", "algo.balance_tasks=true"])
+    rows = list(csv.DictReader(open(out["metrics_csv"])))
+    kept = [int(r["data/decision_steps"]) for r in rows]
+    window = [n for n in kept if n][-2:]  # the window after the last iteration
+    last = rows[-1]
+    assert int(last["data/trained_steps"]) == sum(window) + int(last["data/upsampled_steps"])
+    assert any(int(r["data/upsampled_steps"]) > 0 for r in rows)  # the tasks' kept counts differed somewhere
+    assert any(int(r["data/trained_steps"]) > int(r["data/decision_steps"]) for r in rows[1:])
