@@ -183,6 +183,11 @@ class RIPTCFGLoss(LossModule):
         self.anchor_num_steps = anchor_num_steps  # Euler steps of the reference's targets (None: its own); see relabel_chunks
 
     @property
+    def reference(self) -> FlowMatchingPolicy | None:
+        """The frozen policy the anchor pulls towards (None without an anchor)."""
+        return self._reference
+
+    @property
     def functional(self) -> bool:
         """The policy is called as a stateful module (DDP-friendly), never through functional params."""
         return False

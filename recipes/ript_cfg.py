@@ -361,8 +361,10 @@ def _run(
     loss_module = make_loss(cfg, learner, sync_across_ranks=dist.enabled)
     if dist.enabled:  # DDP broadcasts rank 0's initial weights to every rank here
         loss_module = wrap_ddp(loss_module, device)
-        if ema is not None:  # ... into the trained copy: the average starts from those weights too
-            policy.load_state_dict(learner.state_dict())
+        # ... into the trained copy; the average and the anchor's reference start from those weights too
+        for start_copy in (policy if ema is not None else None, loss_module.module.reference):
+            if start_copy is not None:
+                start_copy.load_state_dict(learner.state_dict())
     opt = make_optimization(cfg, learner, device)
 
     def after_step(finite: bool) -> None:

@@ -220,8 +220,9 @@ def test_every_trainable_parameter_gets_a_gradient(kind, mode):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["algo.ema_decay=0.9", "algo.buffer_iterations=2", "env.tasks=[0,1]", "algo.balance_tasks=true"]],
-                         ids=["plain", "average_window_balanced"])
+@pytest.mark.parametrize("extra", [[], ["algo.ema_decay=0.9", "algo.buffer_iterations=2", "env.tasks=[0,1]", "algo.balance_tasks=true",
+                                    "algo.anchor_coef=0.5"]],
+                         ids=["plain", "average_window_balanced_anchor"])
 def test_torchrun_toy_recipe_two_ranks(tmp_path, extra):
     out = tmp_path / "run"
     cmd = [*TORCHRUN, f"--master_port={_free_port()}", str(ROOT / "recipes" / "ript_cfg.py"), "--config-name", "toy",
