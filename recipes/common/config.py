@@ -95,7 +95,7 @@ class AlgoConfig:
     anchor_all_states: bool = False  # anchor on every collected step, also of all-fail/all-success groups (needs anchor_coef > 0)
     target_steps: int = 0  # > 0: train on the acted noise re-integrated with this many Euler steps (relabel_chunks); 0: on the acted chunks
     keep_spread: bool = False  # after every update, rescale the acting noise so the action spread stays at its first-iteration value (SpreadKeeper)
-    ema_decay: float = 0.0  # > 0: a copy trains and the acting, evaluated and saved policy is its weight average (0.99 in benchmarks/learning_libero.py); 0 = acts as trained
+    ema_decay: float = 0.0  # > 0: a copy trains and the acting, evaluated and saved policy is its weight average (0.99 in benchmarks/learning_libero.py; one more policy in memory); 0 = acts as trained
     buffer_iterations: int = 1  # train on the kept steps of the last N iterations that kept any (1 = on-policy; the window restarts empty on resume)
     balance_tasks: bool = False  # give every task's steps in that window the same share (upsampled with replacement: balance_by_key on task_id)
 
