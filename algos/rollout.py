@@ -194,10 +194,11 @@ class StepWindow:
         """The window's steps (balanced when asked) and how many rows balancing added; (None, 0) when empty.
 
         `generator` draws the balancing rows instead of the window's own (e.g. one seeded per iteration).
+        A window of one iteration, unbalanced, returns that iteration's steps themselves, not a copy.
         """
         if not self.parts:
             return None, 0
-        data = torch.cat(list(self.parts), 0)
+        data = self.parts[0] if len(self.parts) == 1 else torch.cat(list(self.parts), 0)  # on-policy: no copy of the images
         if self.balance_key is None:
             return data, 0
         balanced = balance_by_key(data, self.balance_key, generator=generator if generator is not None else self.generator)

@@ -362,8 +362,8 @@ def _run(
     if dist.enabled:  # DDP broadcasts rank 0's initial weights to every rank here
         loss_module = wrap_ddp(loss_module, device)
         # ... into the trained copy; the average and the anchor's reference start from those weights too
-        for start_copy in (policy if ema is not None else None, loss_module.module.reference):
-            if start_copy is not None:
+        for start_copy in (policy, loss_module.module.reference):
+            if start_copy is not None and start_copy is not learner:
                 start_copy.load_state_dict(learner.state_dict())
     opt = make_optimization(cfg, learner, device)
 
@@ -460,9 +460,10 @@ def _run(
                 window.add(data)
                 data, upsampled = window.gather(generator=gen)
                 n_steps = refill_replay_buffer(buffer, data)
-                n_steps_all = int(all_reduce_sum(dist, [n_steps])[0])  # update if ANY rank has data (DDP: all or none)
+                # one collective for both: update if ANY rank has data (DDP: all or none), and log the run's counts
+                n_steps_all, upsampled_all = (int(v) for v in all_reduce_sum(dist, [n_steps, upsampled]))
             metrics = dict(collected.metrics)
-            metrics["data/trained_steps"], metrics["data/upsampled_steps"] = (int(v) for v in all_reduce_sum(dist, [n_steps, upsampled]))
+            metrics["data/trained_steps"], metrics["data/upsampled_steps"] = n_steps_all, upsampled_all
             with timer("update"):
                 if n_steps_all > 0:
                     upd = update_policy(
