@@ -64,6 +64,7 @@ from ript.algos import (
 from ript.algos.sampling import ContextSampler
 from ript.recipes.common.checkpoint import CheckpointError, Checkpointer, resolve_resume
 from ript.recipes.common.config import ConfigError, RIPTConfig, run_main, to_dict, to_yaml
+from ript.recipes.common.dry_run import print_dry_run
 from ript.recipes.common.distributed import (
     DistInfo,
     all_gather_object,
@@ -441,7 +442,7 @@ def _run(
             gen = seed_iteration(seed, it)
             timer.reset()
             sampler_at_start = sampler.state_dict()  # a preempted iteration is discarded: resume redoes it exactly
-            with timer("collect"):
+            with timer("collect"), training_mode(policy, False):  # rollouts in eval mode (lerobot's inference setting)
                 collected = collect(cfg, it, dist, envs, advantage, sampler, logger, preemption)
             if collected.preempted:  # the policy has not changed yet this iteration: checkpoint the previous one
                 latest = checkpointer.latest()
@@ -464,7 +465,7 @@ def _run(
                 n_steps_all, upsampled_all = (int(v) for v in all_reduce_sum(dist, [n_steps, upsampled]))
             metrics = dict(collected.metrics)
             metrics["data/trained_steps"], metrics["data/upsampled_steps"] = n_steps_all, upsampled_all
-            with timer("update"):
+            with timer("update"), training_mode(learner, True):  # train mode: gradient checkpointing acts in updates only
                 if n_steps_all > 0:
                     upd = update_policy(
                         loss_module,
