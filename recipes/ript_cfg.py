@@ -3,6 +3,7 @@
     python recipes/ript_cfg.py                                   # main job (configs/quick_test.yaml)
     python recipes/ript_cfg.py --config-name toy optim.lr=3e-4   # any key is overridable
     python recipes/ript_cfg.py --config-name quick_test checkpoint.resume=auto logging.output_dir=runs/x
+    python recipes/ript_cfg.py --config-name rl_training policy.path=/ckpt/pi0 --dry-run   # config + parameter count
 
 One iteration, top to bottom:
   1. draw (task, init state) contexts (uniform or curriculum, mastered ones skipped)
@@ -55,6 +56,7 @@ from ript.algos import (
     GroupLOOAdvantage,
     SpreadKeeper,
     StepWindow,
+    training_mode,
     make_replay_buffer,
     refill_replay_buffer,
     relabel_chunks,
@@ -569,7 +571,11 @@ def _run(
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--dry-run" in argv:  # the resolved config and the size of the policy it builds; no env, no outputs
+        run_main(print_dry_run, [a for a in argv if a != "--dry-run"])
+        return None
     try:
         return run_main(train, argv)
     except RunAborted as err:  # repeated env faults or divergence: one line, the last good checkpoint stays
