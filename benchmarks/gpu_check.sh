@@ -7,7 +7,9 @@
 # 1. PI0 update step (forward + backward + AdamW, bf16 autocast, trunk frozen) and one action
 #    chunk, tiny and real size (gemma_2b + gemma_300m), with gradient checkpointing against
 #    without it: time and peak memory (benchmarks/pi0_step.py prints the ratios).
-# 2. The toy recipe under `torchrun --nproc_per_node=1` with nccl against a plain process.
+# 2. `torchrun --nproc_per_node=1` with nccl: a process group and one all-reduce against a copy
+#    (benchmarks/nccl_probe.py; the recipe itself builds a group only for 2+ ranks), and the toy
+#    recipe under torchrun against a plain process.
 # 3. LIBERO rendering through EGL on GPU 0 (render_gpu_device_id=0) against CPU rendering
 #    (OSMesa), in simulator steps/s with both cameras rendered every step.
 # Every figure is printed with its ratio against the baseline measured in the same run.
@@ -45,12 +47,12 @@ else
 fi
 
 echo
-echo "== 2. toy recipe: torchrun --nproc_per_node=1 ($BACKEND) vs a plain process on $DEV"
+echo "== 2. torchrun --nproc_per_node=1 with $BACKEND; then the toy recipe under torchrun vs a plain process on $DEV"
+timeout 120 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 benchmarks/nccl_probe.py --backend "$BACKEND" --mib 64 2>&1 | tail -1
 TOY=(--config-name toy "train.device=$DEV" train.iterations=2 eval.every=1000)
 plain=$(seconds timeout 180 "$PY" recipes/ript_cfg.py "${TOY[@]}" "logging.output_dir=$OUT/plain")
 ddp=$(seconds timeout 180 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 recipes/ript_cfg.py "${TOY[@]}" \
   "distributed.backend=$BACKEND" "logging.output_dir=$OUT/ddp")
-grep -q "bit-identical on all 1 ranks" "$OUT/last.log" && echo "torchrun run: process group up ($BACKEND), replicas checked"
 echo "plain ${plain} s, torchrun ${ddp} s, ratio torchrun / plain $(ratio "$ddp" "$plain") (wall time incl. start-up)"
 
 echo
