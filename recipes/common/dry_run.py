@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .config import RIPTConfig, to_yaml
+from .config import CHECKPOINT_LAYOUT, ConfigError, RIPTConfig, to_yaml
 
 
 def count_parameters(cfg: RIPTConfig) -> tuple[int, int]:
@@ -39,6 +39,8 @@ def _meta_policy(cfg: RIPTConfig) -> torch.nn.Module:
     from .factories import tiny_spec
 
     if p.path is not None:
+        if not (Path(p.path) / "config.json").is_file():
+            raise ConfigError(f"policy.path={p.path} has no config.json: point it at a local lerobot PI0 checkpoint ({CHECKPOINT_LAYOUT})")
         config = PreTrainedConfig.from_pretrained(str(p.path), local_files_only=True)
         spec = TinyPI0Spec.load(p.path)
     else:
@@ -53,6 +55,7 @@ def _meta_policy(cfg: RIPTConfig) -> torch.nn.Module:
 
 def print_dry_run(cfg: RIPTConfig) -> None:
     """The config as the run would use it, what policy it means and its parameter count."""
+    total, trainable = count_parameters(cfg)  # first: a bad checkpoint path is one error line, nothing else
     print(to_yaml(cfg), end="")
     p = cfg.policy
     if p.kind == "mlp":
@@ -61,6 +64,5 @@ def print_dry_run(cfg: RIPTConfig) -> None:
         source = "randomly initialised tiny PI0 (policy.path is null)"
     else:
         source = f"PI0 checkpoint {Path(p.path)}"
-    total, trainable = count_parameters(cfg)
     print(f"policy: {source}")
     print(f"parameters: {total:,} total, {trainable:,} trainable (policy.freeze={p.freeze})")
