@@ -57,13 +57,13 @@ echo "plain ${plain} s, torchrun ${ddp} s, ratio torchrun / plain $(ratio "$ddp"
 
 echo
 echo "== 3. LIBERO rendering, 2 cameras at 224 px every step (ratio = against CPU rendering)"
-cpu_rate=$(MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa timeout 120 "$PY" benchmarks/render_rate.py --steps 40 | tee "$OUT/render.log" | sed -n 's/^steps_per_s=//p')
+cpu_rate=$(MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa timeout 120 "$PY" benchmarks/render_rate.py --steps 40 2>"$OUT/render.err" | tee "$OUT/render.log" | sed -n 's/^steps_per_s=//p')
 echo "CPU (OSMesa): ${cpu_rate:-failed} steps/s"
 if [[ $MODE == gpu ]]; then
-  gpu_rate=$(MUJOCO_GL=egl PYOPENGL_PLATFORM=egl timeout 120 "$PY" benchmarks/render_rate.py --steps 40 --gpu-id 0 | sed -n 's/^steps_per_s=//p')
+  gpu_rate=$(MUJOCO_GL=egl PYOPENGL_PLATFORM=egl timeout 120 "$PY" benchmarks/render_rate.py --steps 40 --gpu-id 0 2>"$OUT/render.err" | sed -n 's/^steps_per_s=//p')
   echo "GPU 0 (EGL, render_gpu_device_id=0): ${gpu_rate:-failed} steps/s, ratio GPU / CPU $(ratio "${gpu_rate:-0}" "${cpu_rate:-0}")"
 else
-  egl_rate=$(MUJOCO_GL=egl PYOPENGL_PLATFORM=egl timeout 120 "$PY" benchmarks/render_rate.py --steps 40 | sed -n 's/^steps_per_s=//p')
+  egl_rate=$(MUJOCO_GL=egl PYOPENGL_PLATFORM=egl timeout 120 "$PY" benchmarks/render_rate.py --steps 40 2>"$OUT/render.err" | sed -n 's/^steps_per_s=//p')
   echo "EGL on the default device (Mesa on a CPU machine): ${egl_rate:-failed} steps/s, ratio EGL / OSMesa $(ratio "${egl_rate:-0}" "${cpu_rate:-0}")"
   echo "skipped: EGL on a GPU (render_gpu_device_id=0) needs a GPU"
 fi
