@@ -75,7 +75,7 @@ def _peak_gib(device: torch.device) -> float:
 
 
 def measure(actor: Any, td: Any, device: torch.device, *, checkpointing: bool, repeats: int) -> dict[str, float]:
-    """Median-free, simple: one warm-up, then the mean of `repeats` update steps and action chunks."""
+    """One warm-up, then the mean of `repeats` update steps and of `repeats` action chunks."""
     from ript.algos import training_mode
 
     actor.set_gradient_checkpointing(checkpointing)
