@@ -3,7 +3,7 @@
 from .advantages import GroupLOOAdvantage, leave_one_out_advantages
 from .loss import RIPTCFGLoss, steps_with_weight
 from .mlp_policy import FlowMatchingMLPPolicy
-from .policy import FlowMatchingPolicy
+from .policy import FlowMatchingPolicy, evaluating, training_mode
 from .rollout import (
     SpreadKeeper,
     StepWindow,
@@ -24,6 +24,7 @@ from .rollout import (
 _LAZY = {
     "PI0Actor": ".pi0_actor",
     "load_preprocessor_stats": ".pi0_actor",
+    "bf16_construction": ".pi0_actor",
     "TinyPI0Spec": ".tiny_pi0",
     "make_tiny_pi0_config": ".tiny_pi0",
     "tiny_pi0_sizes": ".tiny_pi0",

@@ -23,22 +23,31 @@ model's output exactly. Sampling with guidance w runs lerobot's `denoise_step` t
 Euler step on the shared prefix cache: v = v_uncond + w * (v_pos - v_uncond).
 The embedding is saved beside lerobot's files (`cfg_label_embed.safetensors`), so
 lerobot's own `from_pretrained` still loads the checkpoint (without the labels).
-Pitfall: with `config.gradient_checkpointing`, the hook runs again during backward and
-reads the labels of the most recent call; keep forward and backward of a batch together.
+Pitfall: with gradient checkpointing (`set_gradient_checkpointing`), the hook runs again
+during backward and reads the labels of the most recent call; keep forward and backward of a
+batch together. lerobot checkpoints only in train mode, so rollouts (eval mode) never do.
+
+Memory: lerobot builds PaliGemma and the expert in float32 and then casts most of them to
+bfloat16, which doubles the peak of a real-size build (about 17 GiB on CPU).
+`bf16_construction(config)` allocates them in bfloat16 from the start, with the same dtypes
+in the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from lerobot.configs import PreTrainedConfig
 from lerobot.policies.common.flow_matching import euler_integrate
 from lerobot.policies.common.vla_utils import make_att_2d_masks, pad_vector, prepare_attention_masks_4d
+from lerobot.policies.pi0 import modeling_pi0
 from lerobot.policies.pi0.modeling_pi0 import PI0Policy
 from lerobot.utils.constants import ACTION, OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE
 from safetensors import safe_open
@@ -109,6 +118,32 @@ def save_normalizer_processors(directory: str | Path, stats: dict[str, dict[str,
     )
     pre.save_pretrained(str(directory))
     post.save_pretrained(str(directory))
+
+
+@contextlib.contextmanager
+def bf16_construction(config: Any) -> Iterator[None]:
+    """Allocate PaliGemma + action expert directly in bfloat16 while a PI0 with `config.dtype == "bfloat16"` is built or loaded.
+
+    lerobot builds them in float32 and casts afterwards (the cast keeps the vision tower, projector
+    and norms in float32); here the default dtype is bfloat16 only while that one submodule is
+    constructed, so the float32 copy never exists and lerobot's own cast still sets the final
+    dtypes. A no-op for float32 configs.
+    """
+    if getattr(config, "dtype", "float32") != "bfloat16":
+        yield
+        return
+    original = modeling_pi0.PaliGemmaWithExpertModel
+
+    def build_in_bf16(*args: Any, **kwargs: Any) -> nn.Module:
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            torch.set_default_dtype(previous)
+
+    with mock.patch.object(modeling_pi0, "PaliGemmaWithExpertModel", build_in_bf16):
+        yield
 
 
 def _check_checkpoint_keys(policy: PI0Policy, weights: Path) -> None:
@@ -222,6 +257,18 @@ class PI0Actor(FlowMatchingPolicy):
         embed = vlm.embed_tokens.weight  # PaliGemma may tie lm_head to the (used) token embedding
         return [p for m in modules for p in m.parameters() if p is not embed]
 
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute activations during backward (lerobot's `gradient_checkpointing_enable`): activation memory traded for a second forward pass in backward.
+
+        lerobot checkpoints only while the model is in train mode, so sampling in eval mode is unaffected.
+        """
+        model = self.policy.model
+        if enabled:
+            model.gradient_checkpointing_enable()
+        else:
+            model.gradient_checkpointing_disable()
+        self.policy.config.gradient_checkpointing = bool(enabled)
+
     FREEZE_PARTS = ("none", "vision", "trunk")
 
     def freeze(self, part: str) -> None:
@@ -312,7 +359,7 @@ class PI0Actor(FlowMatchingPolicy):
             if not hasattr(config, key):
                 raise ValueError(f"PI0Config has no field {key!r}; see lerobot's configuration_pi0.py for valid names")
             setattr(config, key, value)
-        with tiny_pi0_sizes(spec):
+        with tiny_pi0_sizes(spec), bf16_construction(config):
             policy = PI0Policy.from_pretrained(str(path), config=config, local_files_only=True)
         _check_checkpoint_keys(policy, weights)
 
@@ -558,7 +605,7 @@ class PI0Actor(FlowMatchingPolicy):
         try:
             losses = model(*self._model_inputs(batch), actions, noise, time)  # [B, chunk, 32], via __call__ (hooks run)
         finally:
-            if self.policy.config.gradient_checkpointing is False:
+            if not (model.gradient_checkpointing_enabled and model.training):  # else backward re-runs the hook: keep the labels
                 self._labels = None
         per_step = losses[..., : self.action_dim_loss].mean(-1)  # [B, chunk]
         mask = flat.get(TD_ACTION_MASK, None)

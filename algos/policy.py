@@ -50,6 +50,22 @@ def evaluating(module: torch.nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
+@contextlib.contextmanager
+def training_mode(module: torch.nn.Module, training: bool) -> Iterator[None]:
+    """Train (updates) or eval (collection) mode inside the block, the previous flag restored on exit.
+
+    Why explicit: lerobot loads PI0 in eval mode and applies gradient checkpointing only in train
+    mode, so updates must switch to train mode and rollouts back to eval mode. Gradients are left
+    as they are (collectors run under no_grad themselves).
+    """
+    was_training = module.training
+    module.train(training)
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
 class FlowMatchingPolicy(TensorDictModuleBase, abc.ABC):
     """A policy that samples action chunks and exposes a per-sample flow-matching loss.
 

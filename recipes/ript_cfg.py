@@ -3,6 +3,7 @@
     python recipes/ript_cfg.py                                   # main job (configs/quick_test.yaml)
     python recipes/ript_cfg.py --config-name toy optim.lr=3e-4   # any key is overridable
     python recipes/ript_cfg.py --config-name quick_test checkpoint.resume=auto logging.output_dir=runs/x
+    python recipes/ript_cfg.py --config-name rl_training policy.path=/ckpt/pi0 --dry-run   # config + parameter count
 
 One iteration, top to bottom:
   1. draw (task, init state) contexts (uniform or curriculum, mastered ones skipped)
@@ -55,6 +56,7 @@ from ript.algos import (
     GroupLOOAdvantage,
     SpreadKeeper,
     StepWindow,
+    training_mode,
     make_replay_buffer,
     refill_replay_buffer,
     relabel_chunks,
@@ -64,6 +66,7 @@ from ript.algos import (
 from ript.algos.sampling import ContextSampler
 from ript.recipes.common.checkpoint import CheckpointError, Checkpointer, resolve_resume
 from ript.recipes.common.config import ConfigError, RIPTConfig, run_main, to_dict, to_yaml
+from ript.recipes.common.dry_run import print_dry_run
 from ript.recipes.common.distributed import (
     DistInfo,
     all_gather_object,
@@ -441,7 +444,7 @@ def _run(
             gen = seed_iteration(seed, it)
             timer.reset()
             sampler_at_start = sampler.state_dict()  # a preempted iteration is discarded: resume redoes it exactly
-            with timer("collect"):
+            with timer("collect"), training_mode(policy, False):  # rollouts in eval mode (lerobot's inference setting)
                 collected = collect(cfg, it, dist, envs, advantage, sampler, logger, preemption)
             if collected.preempted:  # the policy has not changed yet this iteration: checkpoint the previous one
                 latest = checkpointer.latest()
@@ -464,7 +467,7 @@ def _run(
                 n_steps_all, upsampled_all = (int(v) for v in all_reduce_sum(dist, [n_steps, upsampled]))
             metrics = dict(collected.metrics)
             metrics["data/trained_steps"], metrics["data/upsampled_steps"] = n_steps_all, upsampled_all
-            with timer("update"):
+            with timer("update"), training_mode(learner, True):  # train mode: gradient checkpointing acts in updates only
                 if n_steps_all > 0:
                     upd = update_policy(
                         loss_module,
@@ -568,7 +571,11 @@ def _run(
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--dry-run" in argv:  # the resolved config and the size of the policy it builds; no env, no outputs
+        run_main(print_dry_run, [a for a in argv if a != "--dry-run"])
+        return None
     try:
         return run_main(train, argv)
     except RunAborted as err:  # repeated env faults or divergence: one line, the last good checkpoint stays

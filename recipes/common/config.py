@@ -27,6 +27,11 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG_NAME = "quick_test"  # the main job: one LIBERO task, tiny PI0, < 10 min on 2 CPU cores
 
 
+# what a real PI0 checkpoint directory holds (lerobot's save_pretrained plus the prompt tokenizer)
+CHECKPOINT_LAYOUT = ("config.json, model.safetensors, policy_preprocessor.json + its normalizer .safetensors "
+                     "(and tokenizer/ inside it, or policy.tokenizer_path)")
+
+
 class ConfigError(ValueError):
     """A configuration problem; the message is one line that names the fix."""
 
@@ -77,6 +82,8 @@ class PolicyConfig:
     cfg_conditioning: bool = False  # add the CFGRL optimality embedding (needed by algo.mode=cfg)
     noise_scale: Optional[float] = None  # acting noise multiplier (a temperature); None = the checkpoint's, 1.0 for a fresh policy
     freeze: str = "none"  # PI0 part left as loaded: vision (image encoder) | trunk (whole VLM: only the action expert trains) | none
+    path_required: bool = False  # true for configs meant for a real checkpoint: refuse to fall back to a random tiny PI0
+    gradient_checkpointing: bool = False  # PI0: recompute activations in backward (lerobot's switch; active in train mode, i.e. updates only)
 
 
 @dataclass
@@ -178,7 +185,7 @@ class RIPTConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    amp: str = "off"  # off | bf16 | fp16 (bf16 autocast on CUDA; fp16 adds a GradScaler; CPU runs off)
+    amp: str = "off"  # off | bf16 | fp16 (bf16 autocast on CUDA or CPU; fp16 autocast + GradScaler, CUDA only)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -384,6 +391,9 @@ def validate(cfg: RIPTConfig) -> None:
     need(cfg.preflight.min_free_gb >= 0, f"preflight.min_free_gb={cfg.preflight.min_free_gb} must be >= 0")
     need(cfg.distributed.timeout_s > 0, "distributed.timeout_s must be > 0")
     need(not (cfg.amp == "fp16" and t.device == "cpu"), "amp=fp16 needs CUDA: set amp=off on CPU (or bf16 on a GPU)")
+    need(not (p.path_required and p.kind == "pi0" and p.path is None), f"policy.path is not set and config '{cfg.config_name}' trains a real checkpoint: set "
+         f"policy.path=<local lerobot PI0 checkpoint dir with {CHECKPOINT_LAYOUT}>")
+    need(not p.gradient_checkpointing or p.kind == "pi0", "policy.gradient_checkpointing=true applies to policy.kind=pi0 only: set it to false")
 
 
 def to_yaml(cfg: RIPTConfig) -> str:

@@ -49,6 +49,8 @@ def make_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
         policy.noise_scale = float(cfg.policy.noise_scale)
     if cfg.policy.freeze != "none":  # PI0 only (validate refuses it for the MLP)
         policy.freeze(cfg.policy.freeze)
+    if cfg.policy.kind == "pi0":  # set both ways: a checkpoint's config.json may carry lerobot's flag
+        policy.set_gradient_checkpointing(cfg.policy.gradient_checkpointing)
     return policy
 
 
@@ -79,7 +81,6 @@ def _build_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
             policy.action_dim_loss = LIBERO_ACTION_DIM
         return policy.to(device)
     from ript.algos.pi0_actor import PI0Actor
-    from ript.algos.tiny_pi0 import TinyPI0Spec
 
     if p.path is not None:
         path = resolve_repo_path(p.path)  # relative paths also resolve from the repo root
@@ -98,17 +99,8 @@ def _build_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
         )
         return actor.to(device)
     t = p.tiny
-    spec = TinyPI0Spec(
-        width=t.width,
-        depth=t.depth,
-        mlp_dim=2 * t.width,
-        vision_width=t.vision_width,
-        vision_depth=t.vision_layers,
-        vision_mlp_dim=2 * t.vision_width,
-        patch_size=t.patch_size,
-    )
     actor = PI0Actor.tiny(
-        spec,
+        tiny_spec(cfg),
         seed=cfg.train.seed,
         supports_cfg=cfg_head,
         default_guidance=guidance,
@@ -119,6 +111,17 @@ def _build_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
         device=str(device),
     )
     return actor.to(device)
+
+
+def tiny_spec(cfg: RIPTConfig) -> Any:
+    """The TinyPI0Spec that `policy.tiny` describes (a fresh tiny PI0's sizes)."""
+    from ript.algos.tiny_pi0 import TinyPI0Spec
+
+    t = cfg.policy.tiny
+    return TinyPI0Spec(
+        width=t.width, depth=t.depth, mlp_dim=2 * t.width, vision_width=t.vision_width, vision_depth=t.vision_layers,
+        vision_mlp_dim=2 * t.vision_width, patch_size=t.patch_size,
+    )
 
 
 def check_trained_camera_size(cfg: RIPTConfig, path: Path) -> None:

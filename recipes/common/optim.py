@@ -4,7 +4,7 @@ Schedules are per optimizer step: linear warm-up to `lr` over `warmup_steps`, th
 constant, cosine down to `min_lr_ratio * lr` at `total_steps`, or "wsd" (warm-up,
 stable, decay): constant, then linear down to `min_lr_ratio * lr` over the last
 `decay_steps`, so a run equals the constant one until its decay starts. AMP: bf16 autocast
-on CUDA (no scaler needed), fp16 autocast + GradScaler as an option, nothing on CPU.
+on CUDA or CPU (no scaler needed), fp16 autocast + GradScaler on CUDA only.
 """
 
 from __future__ import annotations
@@ -57,8 +57,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, *, schedule: str, warmup_st
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None when mixed precision is off (always off on CPU)."""
-    if amp == "off" or device.type != "cuda":
+    """The autocast dtype, or None when mixed precision is off.
+
+    bf16 autocasts on CUDA and on CPU alike (a bf16 PI0 checkpoint trains on a CPU too); fp16 only
+    on CUDA, where its GradScaler works (validation refuses amp=fp16 with train.device=cpu).
+    """
+    if amp == "off" or (amp == "fp16" and device.type != "cuda"):
         return None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 

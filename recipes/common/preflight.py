@@ -3,14 +3,16 @@
 A run that dies an hour in because the disk is full, the checkpoint path has a
 typo or EGL is missing wastes the hour; these checks take about a second.
 `run_preflight(cfg, out_dir)` runs the ones a config needs, in order: output
-directory, policy checkpoint (+ tokenizer), normalisation statistics against the
-LIBERO state/action sizes, rendering backend (LIBERO only). Nothing is created or
+directory, wandb credentials (logging.wandb=online), policy checkpoint, its prompt
+tokenizer, normalisation statistics against the LIBERO state/action sizes, rendering
+backend (LIBERO only). Nothing is created or
 written by a failing check.
 """
 
 from __future__ import annotations
 
 import json
+import netrc
 import os
 import shutil
 import subprocess
@@ -18,6 +20,7 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 # LIBERO's raw sizes (eef pos 3 + axis-angle 3 + gripper 2; 7-dof delta actions), what the stats must describe
 LIBERO_STATE_DIM, LIBERO_ACTION_DIM = 8, 7
@@ -130,9 +133,85 @@ def check_resume_checkpoint(path: str | os.PathLike, freeze: str | None = None) 
             raise PreflightError(f"cannot resume from {ckpt} with policy.freeze={freeze}: it was trained with policy.freeze={trained}; set policy.freeze={trained}")
 
 
+def check_tokenizer(checkpoint: str | os.PathLike | None, tokenizer_path: str | os.PathLike | None) -> None:
+    """The prompt tokenizer a PI0 run will use exists, loads offline and fits the checkpoint's vocabulary.
+
+    Why here: a real PI0 needs PaliGemma's tokenizer, and without this check a missing one only
+    fails at the first tokenisation, after the env workers started. Sources, as
+    `PI0Actor.from_pretrained` picks them: `policy.tokenizer_path`, else `<checkpoint>/tokenizer`,
+    else (tiny checkpoints and fresh tiny PI0s only) the offline LIBERO tokenizer.
+    """
+    ckpt = Path(checkpoint).expanduser() if checkpoint is not None else None
+    if tokenizer_path is not None:
+        source, key = Path(tokenizer_path).expanduser(), f"policy.tokenizer_path={tokenizer_path}"
+        if not source.exists():
+            raise PreflightError(f"{key} does not exist: point it at a local tokenizer directory or set it to null")
+    elif ckpt is not None and (ckpt / "tokenizer").is_dir():
+        source, key = ckpt / "tokenizer", f"the tokenizer shipped in policy.path={ckpt}"
+    elif ckpt is None or (ckpt / "tiny_pi0.json").is_file():
+        return  # a tiny PI0: the offline LIBERO tokenizer, built in memory
+    else:
+        raise PreflightError(
+            f"policy.path={ckpt} ships no tokenizer/ and policy.tokenizer_path is null: a real PI0 needs PaliGemma's tokenizer; "
+            f"set policy.tokenizer_path=<local dir saved with save_pretrained> or copy it to {ckpt}/tokenizer"
+        )
+    if not any((source / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        raise PreflightError(f"{key} holds no tokenizer.json, tokenizer.model or tokenizer_config.json: save the tokenizer there with save_pretrained")
+    try:
+        from transformers import AutoTokenizer
+
+        size = len(AutoTokenizer.from_pretrained(str(source), local_files_only=True))
+    except Exception as err:  # a corrupt or foreign file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise PreflightError(f"{key} does not load offline ({type(err).__name__}: {first}): re-save it with save_pretrained") from err
+    rows = _embedding_rows(ckpt) if ckpt is not None else None
+    if rows is not None and size > rows:
+        raise PreflightError(f"{key} has {size} tokens but policy.path={ckpt} embeds only {rows}: use the tokenizer the checkpoint was trained with")
+
+
+def _embedding_rows(ckpt: Path) -> int | None:
+    """Rows of the checkpoint's token embedding (or the tied LM head), read from the safetensors header only."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
+            for name in f.keys():
+                if name.endswith(("language_model.embed_tokens.weight", "paligemma.lm_head.weight")):
+                    return int(f.get_slice(name).get_shape()[0])
+    except Exception:  # an unreadable file is reported by the weight check, not here
+        return None
+    return None
+
+
+def check_wandb_credentials(mode: str) -> None:
+    """`logging.wandb=online` needs an API key: without one, wandb.init fails with a traceback after the run started."""
+    if mode != "online":
+        return
+    try:
+        import wandb  # noqa: F401
+    except ImportError as err:
+        raise PreflightError("logging.wandb=online but wandb is not installed: install it or set logging.wandb=offline (or disabled)") from err
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    candidates = [os.environ["NETRC"]] if os.environ.get("NETRC") else [str(Path.home() / ".netrc"), str(Path.home() / "_netrc")]
+    for file in candidates:
+        try:
+            entry = netrc.netrc(file).authenticators(host)
+        except (OSError, netrc.NetrcParseError):
+            continue
+        if entry and entry[2]:
+            return
+    raise PreflightError(
+        f"logging.wandb=online but no wandb credentials (no WANDB_API_KEY, no {host} entry in ~/.netrc): "
+        "run `wandb login` or export WANDB_API_KEY, or set logging.wandb=offline"
+    )
+
+
 def run_preflight(cfg: Any, out_dir: str | os.PathLike, *, resume_from: str | os.PathLike | None = None, rendering: bool | None = None) -> None:
     """All checks a run of `cfg` (a RIPTConfig) needs, cheapest first; raises PreflightError (one line)."""
     check_output_dir(out_dir, cfg.preflight.min_free_gb)
+    check_wandb_credentials(cfg.logging.wandb)
     if resume_from is not None:
         check_resume_checkpoint(resume_from, freeze=cfg.policy.freeze)
     p = cfg.policy
@@ -141,8 +220,8 @@ def run_preflight(cfg: Any, out_dir: str | os.PathLike, *, resume_from: str | os
         if cfg.env.kind == "libero":
             check_checkpoint_matches_libero(p.path)
             check_norm_stats(p.path)
-    if p.kind == "pi0" and p.tokenizer_path is not None and not Path(p.tokenizer_path).expanduser().exists():
-        raise PreflightError(f"policy.tokenizer_path={p.tokenizer_path} does not exist: point it at a local tokenizer directory or set it to null")
+    if p.kind == "pi0":
+        check_tokenizer(p.path, p.tokenizer_path)
     if cfg.env.kind == "libero" and (rendering if rendering is not None else True):
         check_rendering_backend()
 

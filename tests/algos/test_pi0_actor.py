@@ -10,7 +10,7 @@ from torchrl.collectors import Collector
 from torchrl.data import Bounded, Composite, NonTensor, Unbounded
 from torchrl.envs import EnvBase, SerialEnv
 
-from ript.algos import PI0Actor, TinyPI0Spec, build_libero_tokenizer, load_preprocessor_stats, tiny_pi0_sizes
+from ript.algos import PI0Actor, TinyPI0Spec, build_libero_tokenizer, load_preprocessor_stats, make_tiny_pi0_config, tiny_pi0_sizes
 
 CHUNK, STEPS, PX, B = 4, 2, 32, 3
 TASKS = ["put the bowl on the plate", "open the top drawer of the cabinet", "put the bowl on the plate"]
@@ -353,3 +353,90 @@ def test_freeze_leaves_the_frozen_part_unchanged_and_trains_the_rest(part):
 def test_freeze_rejects_an_unknown_part():
     with pytest.raises(ValueError, match="use one of"):
         make_actor().freeze("expert")
+
+
+def _loss_and_grads(actor: PI0Actor, optimality: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    actor.zero_grad(set_to_none=True)
+    noise, time = fixed_noise_time()
+    loss = actor.per_sample_loss(train_td(), noise=noise, time=time, optimality=optimality).mean()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in actor.named_parameters() if p.grad is not None}
+    actor.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+def test_gradient_checkpointing_changes_no_gradient_and_acts_only_in_train_mode(monkeypatch):
+    """Same loss and gradients with and without lerobot's checkpointing (CFG labels included: the hook re-runs in
+    backward); it recomputes only in train mode, so sampling in eval mode (rollouts) never checkpoints."""
+    from ript.algos import training_mode
+
+    actor = make_actor(supports_cfg=True)
+    with torch.no_grad():
+        actor.label_embed.weight[1:].normal_()  # a non-zero CFG embedding, so the labels matter
+    labels = torch.tensor([1, 2, 0])
+    with training_mode(actor, True):
+        plain_loss, plain_grads = _loss_and_grads(actor, labels)
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    actor.set_gradient_checkpointing(True)
+    assert actor.policy.model.gradient_checkpointing_enabled and actor.policy.config.gradient_checkpointing
+    with training_mode(actor, False):
+        actor.sample_actions(obs_td(), noise=fixed_noise_time()[0][:, :CHUNK])
+    assert calls == []  # collection (eval mode): no recomputation
+    with training_mode(actor, True):
+        ckpt_loss, ckpt_grads = _loss_and_grads(actor, labels)
+    assert len(calls) > 0  # the update (train mode) checkpoints
+    torch.testing.assert_close(ckpt_loss, plain_loss, rtol=1e-6, atol=1e-7)
+    assert ckpt_grads.keys() == plain_grads.keys() and len(plain_grads) > 20
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    actor.set_gradient_checkpointing(False)
+    assert not actor.policy.model.gradient_checkpointing_enabled
+
+
+def test_bf16_autocast_on_cpu_matches_fp32_and_steps_finitely():
+    """amp=bf16 on a CPU: the loss stays close to float32's and an optimizer step leaves finite weights; no scaler."""
+    from ript.recipes.common.optim import amp_dtype, make_grad_scaler
+
+    cpu = torch.device("cpu")
+    assert amp_dtype("bf16", cpu) is torch.bfloat16 and amp_dtype("off", cpu) is None
+    assert make_grad_scaler("bf16", cpu) is None and make_grad_scaler("fp16", cpu) is None
+    assert make_grad_scaler("bf16", torch.device("cuda")) is None  # bf16 has float32's range: no scaler anywhere
+    actor = make_actor()
+    noise, time = fixed_noise_time()
+    fp32 = actor.per_sample_loss(train_td(), noise=noise, time=time)
+    optimizer = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=1e-3)
+    with torch.autocast(device_type="cpu", dtype=amp_dtype("bf16", cpu)):
+        bf16 = actor.per_sample_loss(train_td(), noise=noise, time=time)
+    torch.testing.assert_close(bf16.float(), fp32, rtol=5e-2, atol=1e-2)
+    bf16.mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in actor.parameters() if p.grad is not None)
+    before = actor.policy.model.action_out_proj.weight.detach().clone()
+    optimizer.step()
+    after = actor.policy.model.action_out_proj.weight
+    assert torch.isfinite(after).all() and not torch.equal(after, before)
+    assert all(torch.isfinite(p).all() for p in actor.parameters())
+
+
+def test_bf16_construction_gives_lerobots_dtypes_and_weights(tmp_path):
+    """Building in bfloat16 directly (no float32 copy) ends with the dtypes lerobot's own cast gives, and loads the same weights."""
+    from ript.algos import bf16_construction
+
+    config = make_tiny_pi0_config(chunk_size=CHUNK, n_action_steps=STEPS, image_size=PX, dtype="bfloat16")
+    spec = TinyPI0Spec()
+    with tiny_pi0_sizes(spec):
+        reference = PI0Policy(config)
+        with bf16_construction(config):
+            direct = PI0Policy(config)
+    assert torch.get_default_dtype() is torch.float32  # restored
+    ref_dtypes = {k: v.dtype for k, v in reference.state_dict().items()}
+    assert {k: v.dtype for k, v in direct.state_dict().items()} == ref_dtypes
+    assert torch.bfloat16 in set(ref_dtypes.values()) and torch.float32 in set(ref_dtypes.values())
+    reference.save_pretrained(tmp_path)
+    with tiny_pi0_sizes(spec):
+        loaded = PI0Policy.from_pretrained(str(tmp_path), config=config, local_files_only=True)
+        with bf16_construction(config):
+            loaded_direct = PI0Policy.from_pretrained(str(tmp_path), config=config, local_files_only=True)
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(loaded_direct.state_dict()[name], value), name

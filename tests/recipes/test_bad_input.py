@@ -92,6 +92,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "ns_no_file": _pi0_checkpoint(root / "ns_no_file", stats={}),
         "ns_5dim": _pi0_checkpoint(root / "ns_5dim", stats=bad_stats),
         "ns_nan": _pi0_checkpoint(root / "ns_nan", stats=nan_stats),
+        "ck_no_tokenizer": _pi0_checkpoint(root / "ck_no_tokenizer"),  # complete but for PaliGemma's tokenizer
     }
     return out
 
@@ -141,6 +142,8 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
     ("stats_file_missing", lambda f: [*LIBERO, f"logging.output_dir={f['new']}", f"policy.path={f['ns_no_file']}"], "normalizer.safetensors"),
     ("stats_wrong_dims", lambda f: [*LIBERO, f"logging.output_dir={f['new']}", f"policy.path={f['ns_5dim']}"], "5-dim state statistics"),
     ("stats_nan", lambda f: [*LIBERO, f"logging.output_dir={f['new']}", f"policy.path={f['ns_nan']}"], "NaN"),
+    ("real_config_without_path", lambda f: ["--config-name", "rl_training", "train.device=cpu", f"logging.output_dir={f['new']}"], "policy.path is not set"),
+    ("ckpt_without_tokenizer", lambda f: [*LIBERO, f"logging.output_dir={f['new']}", f"policy.path={f['ck_no_tokenizer']}"], "set policy.tokenizer_path="),
 ]
 
 

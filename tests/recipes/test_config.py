@@ -17,12 +17,44 @@ def test_every_shipped_config_loads_and_validates() -> None:
     names = available_configs()
     assert {"quick_test", "full_test", "benchmark", "rl_training", "distributed"} <= set(names)
     for name in names:
-        cfg = load_config(name)
-        assert cfg.config_name == name
+        needs_path = name in ("rl_training", "distributed")  # real-checkpoint configs refuse the tiny fallback
+        cfg = load_config(name, ["policy.path=/ckpt/pi0_libero"] if needs_path else [])
+        assert cfg.config_name == name and cfg.policy.path_required == needs_path
+
+
+@pytest.mark.parametrize("name", ["rl_training", "distributed"])
+def test_real_checkpoint_configs_refuse_to_start_without_policy_path(name: str) -> None:
+    """One line naming the key and the checkpoint layout, before any work (wandb, env, model)."""
+    res = subprocess.run([sys.executable, str(ROOT / "recipes" / "ript_cfg.py"), "--config-name", name, "train.device=cpu"],
+                         capture_output=True, text=True, timeout=120)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+    assert lines[0].startswith("config error: policy.path is not set") and "config.json, model.safetensors" in lines[0]
+    assert "wandb" not in lines[0]
+
+
+def test_dry_run_prints_the_config_and_the_parameter_count_it_builds() -> None:
+    """--dry-run counts on the meta device: the same numbers as the policy the run builds, and no env."""
+    import torch
+
+    from ript.recipes.common.dry_run import count_parameters
+    from ript.recipes.common.factories import make_policy
+
+    for overrides in (["policy.freeze=vision"], ["policy.path=null", "policy.freeze=trunk"]):
+        cfg = load_config("quick_test", overrides)
+        built = make_policy(cfg, torch.device("cpu"))
+        want = (sum(p.numel() for p in built.parameters()), sum(p.numel() for p in built.parameters() if p.requires_grad))
+        assert count_parameters(cfg) == want
+    res = subprocess.run([sys.executable, str(ROOT / "recipes" / "ript_cfg.py"), "--config-name", "quick_test", "--dry-run"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    total, trainable = count_parameters(load_config("quick_test"))
+    assert "policy: PI0 checkpoint" in res.stdout and f"parameters: {total:,} total, {trainable:,} trainable" in res.stdout
+    assert "suite: libero_object" in res.stdout  # the resolved YAML
 
 
 def test_inheritance_and_overrides() -> None:
-    cfg = load_config("distributed", ["optim.lr=3e-5", "env.tasks=[2,3]", "amp=off"])
+    cfg = load_config("distributed", ["optim.lr=3e-5", "env.tasks=[2,3]", "amp=off", "policy.path=/ckpt/pi0_libero"])
     assert cfg.distributed.backend == "nccl"  # own key
     assert cfg.algo.group_size == 16  # inherited from rl_training
     assert cfg.optim.lr == pytest.approx(3e-5)

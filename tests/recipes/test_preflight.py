@@ -97,3 +97,62 @@ def test_resume_with_another_frozen_part_names_the_one_it_was_trained_with(tmp_p
     with pytest.raises(PreflightError, match="trained with policy.freeze=trunk; set policy.freeze=trunk"):
         check_resume_checkpoint(ckpt, freeze="none")
     check_resume_checkpoint(_resume_dir(tmp_path / "b", []), freeze="none")  # the default on both sides
+
+
+def _real_layout_checkpoint(d, embed_rows: int = 300):
+    """A checkpoint without tiny_pi0.json (so: a real PI0 for the tokenizer check), whose header says `embed_rows` tokens."""
+    import torch
+    from safetensors.torch import save_file
+
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"type": "pi0"}))
+    save_file({"model.paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight": torch.zeros(embed_rows, 2)},
+              str(d / "model.safetensors"))
+    return d
+
+
+def test_tokenizer_of_a_real_checkpoint_is_checked_before_any_worker(tmp_path):
+    from ript.algos import build_libero_tokenizer
+    from ript.recipes.common.preflight import check_tokenizer
+
+    ckpt = _real_layout_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(PreflightError, match="ships no tokenizer/ and policy.tokenizer_path is null") as info:
+        check_tokenizer(ckpt, None)
+    assert "\n" not in str(info.value)
+    build_libero_tokenizer().save_pretrained(str(tmp_path / "tok"))
+    check_tokenizer(ckpt, tmp_path / "tok")  # a local path
+    build_libero_tokenizer().save_pretrained(str(ckpt / "tokenizer"))
+    check_tokenizer(ckpt, None)  # shipped in the checkpoint
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PreflightError, match="holds no tokenizer.json"):
+        check_tokenizer(ckpt, tmp_path / "empty")
+    small = _real_layout_checkpoint(tmp_path / "small", embed_rows=10)
+    with pytest.raises(PreflightError, match="embeds only 10"):
+        check_tokenizer(small, tmp_path / "tok")
+    check_tokenizer(None, None)  # a fresh tiny PI0 builds its own
+
+
+def test_shipped_tiny_checkpoint_passes_the_tokenizer_check():
+    from ript.recipes.common.config import load_config
+    from ript.recipes.common.preflight import check_tokenizer
+
+    cfg = load_config("quick_test")
+    check_tokenizer(cfg.policy.path, None)
+
+
+def test_wandb_online_needs_credentials(tmp_path, monkeypatch):
+    from ript.recipes.common.preflight import check_wandb_credentials
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    check_wandb_credentials("offline")
+    check_wandb_credentials("disabled")
+    with pytest.raises(PreflightError, match="wandb login") as info:
+        check_wandb_credentials("online")
+    assert "logging.wandb=offline" in str(info.value) and "WANDB_API_KEY" in str(info.value)
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
+    check_wandb_credentials("online")
+    (tmp_path / "netrc").unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "abc123")
+    check_wandb_credentials("online")

@@ -1,0 +1,56 @@
+"""A process group under torchrun and the time of one all-reduce against a plain on-device copy of the same tensor.
+
+    .venv/bin/python -m torch.distributed.run --standalone --nproc_per_node=1 benchmarks/nccl_probe.py --backend nccl
+
+Why: the recipe only builds a process group for two or more ranks, so a one-GPU machine needs
+this probe to show that nccl initialises and reduces. Prints seconds per all-reduce, per copy
+and their ratio (same process, same tensor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+
+def timed(fn, device: torch.device, repeats: int) -> float:
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default="nccl", choices=("nccl", "gloo"))
+    p.add_argument("--mib", type=int, default=256, help="tensor size")
+    p.add_argument("--repeats", type=int, default=10)
+    args = p.parse_args()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if args.backend == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(args.backend, device_id=device if device.type == "cuda" else None)
+    try:
+        x = torch.ones(args.mib * 2**20 // 4, device=device)
+        out = torch.empty_like(x)
+        reduce_s = timed(lambda: dist.all_reduce(x), device, args.repeats)
+        copy_s = timed(lambda: out.copy_(x), device, args.repeats)
+        ok = bool(torch.isfinite(x).all())
+        print(f"{args.backend} process group: world {dist.get_world_size()}, rank {dist.get_rank()}, {device}; "
+              f"all_reduce of {args.mib} MiB {reduce_s * 1e3:.2f} ms, copy {copy_s * 1e3:.2f} ms, ratio all_reduce / copy {reduce_s / copy_s:.2f}, finite {ok}")
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

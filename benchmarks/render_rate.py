@@ -1,0 +1,46 @@
+"""LIBERO simulator steps/s with both cameras rendered every step, for one GL backend and render device.
+
+    MUJOCO_GL=egl    .venv/bin/python benchmarks/render_rate.py --gpu-id 0    # EGL on GPU 0 (render_gpu_device_id)
+    MUJOCO_GL=osmesa .venv/bin/python benchmarks/render_rate.py               # software rendering on the CPU
+
+MuJoCo picks its GL backend at import, so each backend needs its own process:
+benchmarks/gpu_check.sh runs both and prints their ratio. The last line is
+`steps_per_s=<value>` for the script to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gpu-id", type=int, default=-1, help="render_gpu_device_id (-1: the backend's default device)")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--camera", type=int, default=224)
+    args = p.parse_args()
+    from ript.envs import LiberoEnv
+
+    env = LiberoEnv("libero_object", 0, camera_size=args.camera, max_steps=10_000, lazy_render=False, render_gpu_device_id=args.gpu_id)
+    td = env.reset()
+    actions = np.random.default_rng(0).uniform(-0.3, 0.3, (args.steps + 5, 7)).astype(np.float32)
+    actions[:, -1] = -1.0
+    for a in actions[:5]:  # warm-up
+        td = env.step(td.set("action", torch.as_tensor(a)))["next"]
+    start = time.perf_counter()
+    for a in actions[5:]:
+        td = env.step(td.set("action", torch.as_tensor(a)))["next"]
+    rate = args.steps / (time.perf_counter() - start)
+    env.close()
+    print(f"LIBERO libero_object task 0, 2 cameras at {args.camera} px every step, MUJOCO_GL={os.environ.get('MUJOCO_GL')}, "
+          f"render_gpu_device_id={args.gpu_id}: {rate:.1f} steps/s")
+    print(f"steps_per_s={rate:.3f}")
+
+
+if __name__ == "__main__":
+    main()
