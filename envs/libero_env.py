@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import gc
 import os
+import zlib
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -56,6 +58,9 @@ CAMERAS = {
 }
 PROPRIO = {"robot0_eef_pos": keys.EEF_POS, "robot0_eef_quat": keys.EEF_QUAT, "robot0_gripper_qpos": keys.GRIPPER_QPOS}
 _SYNC_REFERENCE = "robot0_eef_pos"  # an always-enabled observable whose sampling clock the cameras copy
+# "pinned": a context (seed, suite, task, init state) fixes the whole scene, fixtures included;
+# "upstream": LIBERO's own per-reset fixture jitter (the published evaluation protocol).
+FIXTURE_PLACEMENTS = ("pinned", "upstream")
 
 
 def _import_libero():
@@ -104,12 +109,32 @@ def load_init_states(suite_obj, task_id: int) -> np.ndarray:
     return np.asarray(_TorchRLLibero._load_init_states(suite_obj, suite_obj.get_task(task_id)))
 
 
+def scene_seed(seed: int, suite: str, task_id: int, init_state_id: int) -> int:
+    """The numpy seed of one pinned scene: a hash of the whole context, equal in every process."""
+    entropy = [int(seed) % 2**64, zlib.crc32(suite.encode()), int(task_id), int(init_state_id)]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def check_fixture_placement(mode: str) -> str:
+    if mode not in FIXTURE_PLACEMENTS:
+        raise ValueError(f"fixture_placement must be one of {list(FIXTURE_PLACEMENTS)}, got {mode!r}")
+    return mode
+
+
 class LiberoSimulator:
     """One LIBERO task in one MuJoCo simulation, driven by action chunks (plain numpy).
 
     Shared by the TorchRL and gymnasium envs. `reset` restores an init state
     (soft by default: no model/renderer rebuild) and runs the settle steps; `step`
     runs a chunk [n, 7] until success or the step budget, rendering cameras once.
+
+    Fixtures (cabinets, stoves, racks) are not part of an init state: LIBERO places
+    them at every reset by writing `model.body_pos` from numpy's global generator.
+    With `fixture_placement="pinned"` every draw of a reset comes from a generator
+    seeded by (seed, suite, task, init state), so a context is one scene in every
+    worker and process, soft or hard reset alike; "upstream" keeps LIBERO's jitter,
+    drawn from this simulator's own generator (seeded by `seed`, see `reseed`).
+    Either way the caller's numpy global state is left as it was.
     """
 
     def __init__(
@@ -123,7 +148,12 @@ class LiberoSimulator:
         settle_steps: int = 10,
         lazy_render: bool = True,
         render_gpu_device_id: int = -1,
+        fixture_placement: Literal["pinned", "upstream"] = "pinned",
+        seed: int = 0,
     ) -> None:
+        self.fixture_placement = check_fixture_placement(fixture_placement)
+        self.seed = int(seed)  # pinned scenes' seed
+        self.seed_jitter(self.seed)
         self.suite_name = suite
         self.suite = get_suite(suite)
         self.task_id = resolve_task_id(self.suite, task)
@@ -154,16 +184,17 @@ class LiberoSimulator:
         bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
         h, w = self.camera_hw
         try:
-            self._env = OffScreenRenderEnv(
-                bddl_file_name=bddl,
-                camera_names=list(self.cameras),
-                camera_heights=h,
-                camera_widths=w,
-                hard_reset=False,  # soft resets by default; `reset(hard=True)` flips it for one call
-                ignore_done=True,  # the step budget is ours (robosuite would raise past its horizon)
-                render_gpu_device_id=self.render_gpu_device_id,
-            )
-            self._env.reset()
+            with self._scene_rng(0):  # construction places the fixtures too
+                self._env = OffScreenRenderEnv(
+                    bddl_file_name=bddl,
+                    camera_names=list(self.cameras),
+                    camera_heights=h,
+                    camera_widths=w,
+                    hard_reset=False,  # soft resets by default; `reset(hard=True)` flips it for one call
+                    ignore_done=True,  # the step budget is ours (robosuite would raise past its horizon)
+                    render_gpu_device_id=self.render_gpu_device_id,
+                )
+                self._env.reset()
         except Exception as err:  # EGL/OSMesa missing shows up here as GL/ctypes errors
             if any(s in repr(err).lower() for s in ("egl", "opengl", "osmesa", "glfw", "gl context", "libgl")):
                 raise RuntimeError(
@@ -180,6 +211,25 @@ class LiberoSimulator:
         if task_id != self.task_id:
             self.task_id = task_id
             self._build()
+
+    def seed_jitter(self, seed: int | None) -> None:
+        """Restart the generator that "upstream" resets draw LIBERO's fixture jitter from."""
+        self._upstream_rng = np.random.RandomState(None if seed is None else int(seed) % 2**32)
+
+    @contextmanager
+    def _scene_rng(self, init_state_id: int) -> Iterator[None]:
+        """Run LIBERO's random draws (numpy's global generator) from this scene's generator, then restore the caller's."""
+        caller = np.random.get_state()
+        if self.fixture_placement == "pinned":
+            np.random.seed(scene_seed(self.seed, self.suite_name, self.task_id, init_state_id))
+        else:
+            np.random.set_state(self._upstream_rng.get_state())
+        try:
+            yield
+        finally:
+            if self.fixture_placement == "upstream":
+                self._upstream_rng.set_state(np.random.get_state())
+            np.random.set_state(caller)
 
     @property
     def n_init_states(self) -> int:
@@ -261,6 +311,10 @@ class LiberoSimulator:
                 f"init_state_id {init_state_id} out of range for task {self.task_id} of {self.suite_name}: "
                 f"use 0..{self.n_init_states - 1}"
             )
+        with self._scene_rng(int(init_state_id)):
+            return self._reset(int(init_state_id), hard)
+
+    def _reset(self, init_state_id: int, hard: bool) -> dict[str, np.ndarray]:
         env = self._env
         self._make_current()
         if hard:  # LIBERO's default: rebuild model, sim and renderer (seconds)
@@ -280,7 +334,7 @@ class LiberoSimulator:
                 grippers = robot.gripper.values() if isinstance(robot.gripper, dict) else [robot.gripper]
                 for gripper in grippers:
                     gripper.current_action = np.zeros(gripper.dof)
-        obs = env.set_init_state(self.init_states[int(init_state_id)])
+        obs = env.set_init_state(self.init_states[init_state_id])
         for i in range(self.settle_steps):
             if self._lazy and i == self.settle_steps - 1:
                 self._set_cameras(True)
@@ -373,6 +427,13 @@ class LiberoEnv(EnvBase):
     Resets are soft (restore the init state without rebuilding simulator and
     renderer); `reset_mode="hard"` uses LIBERO's rebuild every time and
     `hard_reset_every=K` every K-th episode.
+
+    Scenes: with `fixture_placement="pinned"` (default) the fixtures of a context
+    come from (`scene_seed`, suite, task, init state), so the K rollouts of a group
+    share one scene in every worker; `scene_seed` defaults to `seed` (else 0) and,
+    unlike the per-worker seeds `set_seed` hands out, is the same in every worker.
+    "upstream" keeps LIBERO's per-reset jitter, seeded by `set_seed`.
+    `set_fixture_placement` switches the mode between episodes (e.g. for evaluation).
     """
 
     _batch_locked = True
@@ -396,6 +457,8 @@ class LiberoEnv(EnvBase):
         lazy_render: bool = True,
         worker_index: int = 0,
         render_gpu_device_id: int = -1,
+        fixture_placement: Literal["pinned", "upstream"] = "pinned",
+        scene_seed: int | None = None,
         seed: int | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -413,7 +476,10 @@ class LiberoEnv(EnvBase):
         self.sim = LiberoSimulator(
             suite, task, camera_size=camera_size, wrist_camera=wrist_camera, max_steps=max_steps,
             settle_steps=settle_steps, lazy_render=lazy_render, render_gpu_device_id=render_gpu_device_id,
+            fixture_placement=fixture_placement, seed=scene_seed if scene_seed is not None else (seed or 0),
         )
+        if seed is not None:
+            self.sim.seed_jitter(seed)
         self.suite_name = suite
         self.action_chunk = action_chunk
         self._action_shape = (ACTION_DIM,) if action_chunk is None else (int(action_chunk), ACTION_DIM)
@@ -502,6 +568,16 @@ class LiberoEnv(EnvBase):
         self._contexts.extend(parsed)
         return len(self._contexts)
 
+    def set_fixture_placement(self, mode: str, worker: int | None = None) -> str:
+        """Switch between "pinned" and "upstream" fixtures from the next reset on; returns the previous mode.
+
+        A method rather than an attribute so a Parallel/SerialEnv broadcasts it to its workers.
+        """
+        previous = self.sim.fixture_placement
+        if worker is None or int(worker) == self.worker_index:
+            self.sim.fixture_placement = check_fixture_placement(mode)
+        return previous
+
     def pending_contexts(self) -> int:
         """How many queued contexts are not consumed yet."""
         return len(self._contexts)
@@ -537,7 +613,8 @@ class LiberoEnv(EnvBase):
     def _set_seed(self, seed: int | None) -> None:
         self._rng = np.random.default_rng(seed)
         self._group_state = None
-        np.random.seed(None if seed is None else seed % 2**32)  # LIBERO's placement samplers use numpy's global RNG
+        # the upstream jitter's generator; pinned scenes keep `scene_seed`, equal in every worker
+        self.sim.seed_jitter(seed)
 
     def _obs_td(self, obs: dict[str, np.ndarray], success: bool, executed: int) -> TensorDict:
         td = TensorDict({}, batch_size=[], device=self.device)
