@@ -7,8 +7,10 @@ Shorthands: `suite=`, `suites=[...]` (each evaluated in turn), `tasks=[...]` (de
 every task of the suite), `out=<dir>`. Everything else is the training config
 (`--config-name`, dotted overrides). Episodes use the suite's openpi episode length
 unless env.max_steps is given, and the held-out init states of `eval.init_states`.
-Writes <out>/eval.csv and eval.md (per task, per suite, overall), episodes.csv, and
-videos/<suite>_task<k>.mp4.
+Fixtures are placed by `eval.fixture_placement`: upstream (default; LIBERO's per-reset
+jitter, as in published numbers) or pinned (one scene per context, as in training).
+Writes <out>/eval.csv and eval.md (per task, per suite, overall; eval.md and config.yaml
+name the fixture placement), episodes.csv, and videos/<suite>_task<k>.mp4.
 """
 
 from __future__ import annotations
@@ -111,11 +113,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    csv_path, md_path = write_tables(results, out_dir)
+    csv_path, md_path = write_tables(results, out_dir, note=f"fixture placement: {cfg.eval.fixture_placement}")
     write_episodes_csv(results, out_dir / "episodes.csv")
     print(md_path.read_text())
     print(f"tables: {csv_path} {md_path}; videos: {out_dir / 'videos'}")
-    return {"results": results, "csv": csv_path, "markdown": md_path, "output_dir": out_dir}
+    return {"results": results, "csv": csv_path, "markdown": md_path, "output_dir": out_dir,
+            "fixture_placement": cfg.eval.fixture_placement}
 
 
 if __name__ == "__main__":
