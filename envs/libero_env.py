@@ -30,12 +30,14 @@ renders them at the very sub-step that per-step rendering would have used.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
+import io
 import os
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -83,6 +85,25 @@ def get_suite(suite: str):
         raise ValueError(f"unknown LIBERO suite {suite!r}: use one of {list(SUITES)}")
     benchmark, _, _ = _import_libero()
     return benchmark.get_benchmark_dict()[suite]()
+
+
+@functools.lru_cache(maxsize=None)
+def suite_sizes(suite: str) -> tuple[int, ...]:
+    """How many init states each task of `suite` ships (its length is the task count).
+
+    Read from LIBERO's benchmark registry and init-state files without importing the
+    simulator (robosuite) or building one, so configs can be checked before any work.
+    """
+    if suite not in SUITES:
+        raise ValueError(f"unknown LIBERO suite {suite!r}: use one of {list(SUITES)}")
+    from ript.envs.install_assets import ensure_libero_ready
+
+    ensure_libero_ready()
+    from libero.libero import benchmark
+
+    with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints its task order: keep a config error to one line
+        suite_obj = benchmark.get_benchmark_dict()[suite]()
+    return tuple(len(suite_obj.get_task_init_states(i)) for i in range(suite_obj.n_tasks))
 
 
 def resolve_task_id(suite_obj, task: int | str) -> int:
@@ -216,7 +237,7 @@ class LiberoSimulator:
         """Restart the generator that "upstream" resets draw LIBERO's fixture jitter from."""
         self._upstream_rng = np.random.RandomState(None if seed is None else int(seed) % 2**32)
 
-    @contextmanager
+    @contextlib.contextmanager
     def _scene_rng(self, init_state_id: int) -> Iterator[None]:
         """Run LIBERO's random draws (numpy's global generator) from this scene's generator, then restore the caller's."""
         caller = np.random.get_state()
