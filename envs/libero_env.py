@@ -130,9 +130,15 @@ def load_init_states(suite_obj, task_id: int) -> np.ndarray:
     return np.asarray(_TorchRLLibero._load_init_states(suite_obj, suite_obj.get_task(task_id)))
 
 
-def scene_seed(seed: int, suite: str, task_id: int, init_state_id: int) -> int:
-    """The numpy seed of one pinned scene: a hash of the whole context, equal in every process."""
-    entropy = [int(seed) % 2**64, zlib.crc32(suite.encode()), int(task_id), int(init_state_id)]
+def scene_seed(seed: int, suite: str, task_id: int, init_state_id: int | None) -> int:
+    """The numpy seed of one pinned scene: a hash of the whole context, equal in every process.
+
+    init_state_id=None gives the task's build seed: loading a scene's model draws from numpy too,
+    and a placement depends on those draws, so every (re)build of a task must make the same ones.
+    """
+    entropy = [int(seed) % 2**64, zlib.crc32(suite.encode()), int(task_id)]
+    if init_state_id is not None:
+        entropy.append(int(init_state_id))
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
@@ -175,6 +181,7 @@ class LiberoSimulator:
         self.fixture_placement = check_fixture_placement(fixture_placement)
         self.seed = int(seed)  # pinned scenes' seed
         self.seed_jitter(self.seed)
+        self._placement_seed: int | None = None  # the current reset's, while it runs (pinned)
         self.suite_name = suite
         self.suite = get_suite(suite)
         self.task_id = resolve_task_id(self.suite, task)
@@ -205,7 +212,7 @@ class LiberoSimulator:
         bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
         h, w = self.camera_hw
         try:
-            with self._scene_rng(0):  # construction places the fixtures too
+            with self._scene_rng(None):  # the task's build draws, equal in every build
                 self._env = OffScreenRenderEnv(
                     bddl_file_name=bddl,
                     camera_names=list(self.cameras),
@@ -224,6 +231,7 @@ class LiberoSimulator:
                 ) from err
             raise
         self._make_current()
+        self._pin_placement()
         self._set_cameras(not self._lazy)
 
     def set_task(self, task: int | str) -> None:
@@ -238,19 +246,40 @@ class LiberoSimulator:
         self._upstream_rng = np.random.RandomState(None if seed is None else int(seed) % 2**32)
 
     @contextlib.contextmanager
-    def _scene_rng(self, init_state_id: int) -> Iterator[None]:
+    def _scene_rng(self, init_state_id: int | None) -> Iterator[None]:
         """Run LIBERO's random draws (numpy's global generator) from this scene's generator, then restore the caller's."""
         caller = np.random.get_state()
         if self.fixture_placement == "pinned":
-            np.random.seed(scene_seed(self.seed, self.suite_name, self.task_id, init_state_id))
+            self._placement_seed = scene_seed(self.seed, self.suite_name, self.task_id, init_state_id)
+            np.random.seed(self._placement_seed)
         else:
             np.random.set_state(self._upstream_rng.get_state())
         try:
             yield
         finally:
+            self._placement_seed = None
             if self.fixture_placement == "upstream":
                 self._upstream_rng.set_state(np.random.get_state())
             np.random.set_state(caller)
+
+    def _pin_placement(self) -> None:
+        """Restart the pinned generator where LIBERO samples the placements (after every build).
+
+        What a reset draws before it varies (a rebuilt model draws once more per reset than the
+        first one), so seeding at the start of a reset alone gave another scene after a hard reset.
+        """
+        sampler = self._env.env.placement_initializer
+        if getattr(sampler, "_ript_pinned", False):
+            return
+        sample = sampler.sample
+
+        def pinned_sample(*args, **kwargs):
+            if self._placement_seed is not None:
+                np.random.seed(self._placement_seed)
+            return sample(*args, **kwargs)
+
+        sampler.sample = pinned_sample
+        sampler._ript_pinned = True
 
     @property
     def n_init_states(self) -> int:
@@ -332,29 +361,34 @@ class LiberoSimulator:
                 f"init_state_id {init_state_id} out of range for task {self.task_id} of {self.suite_name}: "
                 f"use 0..{self.n_init_states - 1}"
             )
-        with self._scene_rng(int(init_state_id)):
-            return self._reset(int(init_state_id), hard)
-
-    def _reset(self, init_state_id: int, hard: bool) -> dict[str, np.ndarray]:
-        env = self._env
         self._make_current()
-        if hard:  # LIBERO's default: rebuild model, sim and renderer (seconds)
-            self._free_renderer()
-            env.env.hard_reset = True
-            try:
-                env.reset()
-            finally:
-                env.env.hard_reset = False
-            gc.collect()  # free the old renderer now rather than at a random later point
-            self._make_current()  # guard the new renderer
-        else:
+        if hard:  # LIBERO's default: rebuild model, sim and renderer (seconds), then place as a soft reset does
+            with self._scene_rng(None):
+                self._rebuild()
+        with self._scene_rng(int(init_state_id)):
+            return self._restore(int(init_state_id))
+
+    def _rebuild(self) -> None:
+        env = self._env
+        self._free_renderer()
+        env.env.hard_reset = True
+        try:
             env.reset()
-            # A soft reset keeps the robot model, whose gripper remembers its last command
-            # (robosuite ramps `current_action`); a rebuilt model starts from zero: match it.
-            for robot in env.env.robots:
-                grippers = robot.gripper.values() if isinstance(robot.gripper, dict) else [robot.gripper]
-                for gripper in grippers:
-                    gripper.current_action = np.zeros(gripper.dof)
+        finally:
+            env.env.hard_reset = False
+        gc.collect()  # free the old renderer now rather than at a random later point
+        self._make_current()  # guard the new renderer
+        self._pin_placement()  # and the new model's sampler
+
+    def _restore(self, init_state_id: int) -> dict[str, np.ndarray]:
+        env = self._env
+        env.reset()
+        # A soft reset keeps the robot model, whose gripper remembers its last command
+        # (robosuite ramps `current_action`); a rebuilt model starts from zero: match it.
+        for robot in env.env.robots:
+            grippers = robot.gripper.values() if isinstance(robot.gripper, dict) else [robot.gripper]
+            for gripper in grippers:
+                gripper.current_action = np.zeros(gripper.dof)
         obs = env.set_init_state(self.init_states[init_state_id])
         for i in range(self.settle_steps):
             if self._lazy and i == self.settle_steps - 1:
