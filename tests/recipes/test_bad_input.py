@@ -147,6 +147,7 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
      "env.train_init_states has [50] out of range"),
     ("task_out_of_range", lambda f: [*LIBERO, f"logging.output_dir={f['new']}", "env.suite=libero_goal", "env.tasks=[99]"],
      "env.tasks has [99] out of range: libero_goal has tasks 0..9"),
+    ("bad_fixture_placement", lambda f: [*TOY, "env.fixture_placement=random"], "env.fixture_placement='random' is not one of ['pinned', 'upstream']"),
     ("device_not_here", lambda f: [*TOY, f"logging.output_dir={f['new']}", "train.device=cuda:99"], "train.device=cuda:99 but"),
 ]
 
