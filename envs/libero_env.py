@@ -133,8 +133,7 @@ def load_init_states(suite_obj, task_id: int) -> np.ndarray:
 def scene_seed(seed: int, suite: str, task_id: int, init_state_id: int | None) -> int:
     """The numpy seed of one pinned scene: a hash of the whole context, equal in every process.
 
-    init_state_id=None gives the task's build seed: loading a scene's model draws from numpy too,
-    and a placement depends on those draws, so every (re)build of a task must make the same ones.
+    init_state_id=None gives the seed of the task's (re)builds, which draw from numpy too.
     """
     entropy = [int(seed) % 2**64, zlib.crc32(suite.encode()), int(task_id)]
     if init_state_id is not None:
@@ -160,7 +159,7 @@ class LiberoSimulator:
     With `fixture_placement="pinned"` every draw of a reset comes from a generator
     seeded by (seed, suite, task, init state), so a context is one scene in every
     worker and process, soft or hard reset alike; "upstream" keeps LIBERO's jitter,
-    drawn from this simulator's own generator (seeded by `seed`, see `reseed`).
+    drawn from this simulator's own generator (see `seed_jitter`).
     Either way the caller's numpy global state is left as it was.
     """
 
@@ -265,8 +264,8 @@ class LiberoSimulator:
     def _pin_placement(self) -> None:
         """Restart the pinned generator where LIBERO samples the placements (after every build).
 
-        What a reset draws before it varies (a rebuilt model draws once more per reset than the
-        first one), so seeding at the start of a reset alone gave another scene after a hard reset.
+        How much a reset draws before it varies (a rebuilt model's resets draw more than the first
+        model's), so seeding only at the start of a reset would give a hard reset another scene.
         """
         sampler = self._env.env.placement_initializer
         if getattr(sampler, "_ript_pinned", False):
