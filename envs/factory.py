@@ -39,7 +39,9 @@ def make_libero_env(
     Worker i gets `worker_index=i` (queue its contexts with `ript.envs.push_contexts(env, ctxs, worker=i)`)
     and default group ids offset by i * 1e6. `suites` (one per worker) overrides `suite`
     per worker, for multi-task runs across suites. `transforms` wrap the result in
-    `TransformedEnv(env, Compose(*transforms))`. `env_kwargs` go to `LiberoEnv`.
+    `TransformedEnv(env, Compose(*transforms))`. `env_kwargs` go to `LiberoEnv`
+    (e.g. `fixture_placement`); `scene_seed` defaults to `seed` in every worker,
+    so a pinned context is one scene whichever worker runs it.
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -52,6 +54,8 @@ def make_libero_env(
     for bad in ("worker_index", "group_id_offset"):
         if bad in env_kwargs and num_envs > 1:
             raise ValueError(f"{bad} is set per worker by make_libero_env: leave it out when num_envs > 1")
+    if seed is not None:
+        env_kwargs.setdefault("scene_seed", seed)  # set_seed below gives worker i seed + i: the scene must not follow
     if num_envs == 1:
         env: EnvBase = LiberoEnv(worker_suites[0], tasks[0], **env_kwargs)
     else:

@@ -8,6 +8,8 @@ Observations are a Dict of the raw entries (uint8 CHW images in simulator
 orientation, float32 eef_pos/eef_quat/gripper_qpos); reward = float(success);
 terminated = success, truncated = `max_steps` simulator steps ran. With
 `action_chunk=n` an action is a chunk [n, 7] (stops early at success).
+`fixture_placement="pinned"` (default) makes the scene a function of (last reset
+seed, task, init state); "upstream" keeps LIBERO's per-reset fixture jitter.
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ class LiberoGymEnv(gym.Env):
         max_steps: int | None = None,
         settle_steps: int = 10,
         hard_reset: bool = False,
+        fixture_placement: str = "pinned",
         render_mode: str | None = None,
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.sim = LiberoSimulator(
-            suite, task, camera_size=camera_size, wrist_camera=wrist_camera, max_steps=max_steps, settle_steps=settle_steps
+            suite, task, camera_size=camera_size, wrist_camera=wrist_camera, max_steps=max_steps, settle_steps=settle_steps,
+            fixture_placement=fixture_placement,
         )
         self.render_mode = render_mode
         self.hard_reset = hard_reset
@@ -60,6 +64,9 @@ class LiberoGymEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        if seed is not None:  # the scene seed (pinned) and the jitter's generator (upstream)
+            self.sim.seed = int(seed)
+            self.sim.seed_jitter(seed)
         options = options or {}
         if "init_state_id" in options:
             self._init_state_id = int(options["init_state_id"])

@@ -30,10 +30,14 @@ renders them at the very sub-step that per-step rendering would have used.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
+import io
 import os
+import zlib
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -56,6 +60,9 @@ CAMERAS = {
 }
 PROPRIO = {"robot0_eef_pos": keys.EEF_POS, "robot0_eef_quat": keys.EEF_QUAT, "robot0_gripper_qpos": keys.GRIPPER_QPOS}
 _SYNC_REFERENCE = "robot0_eef_pos"  # an always-enabled observable whose sampling clock the cameras copy
+# "pinned": a context (seed, suite, task, init state) fixes the whole scene, fixtures included;
+# "upstream": LIBERO's own per-reset fixture jitter (the published evaluation protocol).
+FIXTURE_PLACEMENTS = ("pinned", "upstream")
 
 
 def _import_libero():
@@ -78,6 +85,25 @@ def get_suite(suite: str):
         raise ValueError(f"unknown LIBERO suite {suite!r}: use one of {list(SUITES)}")
     benchmark, _, _ = _import_libero()
     return benchmark.get_benchmark_dict()[suite]()
+
+
+@functools.lru_cache(maxsize=None)
+def suite_sizes(suite: str) -> tuple[int, ...]:
+    """How many init states each task of `suite` ships (its length is the task count).
+
+    Read from LIBERO's benchmark registry and init-state files without importing the
+    simulator (robosuite) or building one, so configs can be checked before any work.
+    """
+    if suite not in SUITES:
+        raise ValueError(f"unknown LIBERO suite {suite!r}: use one of {list(SUITES)}")
+    from ript.envs.install_assets import ensure_libero_ready
+
+    ensure_libero_ready()
+    from libero.libero import benchmark
+
+    with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints its task order: keep a config error to one line
+        suite_obj = benchmark.get_benchmark_dict()[suite]()
+    return tuple(len(suite_obj.get_task_init_states(i)) for i in range(suite_obj.n_tasks))
 
 
 def resolve_task_id(suite_obj, task: int | str) -> int:
@@ -104,12 +130,37 @@ def load_init_states(suite_obj, task_id: int) -> np.ndarray:
     return np.asarray(_TorchRLLibero._load_init_states(suite_obj, suite_obj.get_task(task_id)))
 
 
+def scene_seed(seed: int, suite: str, task_id: int, init_state_id: int | None) -> int:
+    """The numpy seed of one pinned scene: a hash of the whole context, equal in every process.
+
+    init_state_id=None gives the seed of the task's (re)builds, which draw from numpy too.
+    """
+    entropy = [int(seed) % 2**64, zlib.crc32(suite.encode()), int(task_id)]
+    if init_state_id is not None:
+        entropy.append(int(init_state_id))
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def check_fixture_placement(mode: str) -> str:
+    if mode not in FIXTURE_PLACEMENTS:
+        raise ValueError(f"fixture_placement must be one of {list(FIXTURE_PLACEMENTS)}, got {mode!r}")
+    return mode
+
+
 class LiberoSimulator:
     """One LIBERO task in one MuJoCo simulation, driven by action chunks (plain numpy).
 
     Shared by the TorchRL and gymnasium envs. `reset` restores an init state
     (soft by default: no model/renderer rebuild) and runs the settle steps; `step`
     runs a chunk [n, 7] until success or the step budget, rendering cameras once.
+
+    Fixtures (cabinets, stoves, racks) are not part of an init state: LIBERO places
+    them at every reset by writing `model.body_pos` from numpy's global generator.
+    With `fixture_placement="pinned"` every draw of a reset comes from a generator
+    seeded by (seed, suite, task, init state), so a context is one scene in every
+    worker and process, soft or hard reset alike; "upstream" keeps LIBERO's jitter,
+    drawn from this simulator's own generator (see `seed_jitter`).
+    Either way the caller's numpy global state is left as it was.
     """
 
     def __init__(
@@ -123,7 +174,13 @@ class LiberoSimulator:
         settle_steps: int = 10,
         lazy_render: bool = True,
         render_gpu_device_id: int = -1,
+        fixture_placement: Literal["pinned", "upstream"] = "pinned",
+        seed: int = 0,
     ) -> None:
+        self.fixture_placement = check_fixture_placement(fixture_placement)
+        self.seed = int(seed)  # pinned scenes' seed
+        self.seed_jitter(self.seed)
+        self._placement_seed: int | None = None  # the current reset's, while it runs (pinned)
         self.suite_name = suite
         self.suite = get_suite(suite)
         self.task_id = resolve_task_id(self.suite, task)
@@ -154,16 +211,17 @@ class LiberoSimulator:
         bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
         h, w = self.camera_hw
         try:
-            self._env = OffScreenRenderEnv(
-                bddl_file_name=bddl,
-                camera_names=list(self.cameras),
-                camera_heights=h,
-                camera_widths=w,
-                hard_reset=False,  # soft resets by default; `reset(hard=True)` flips it for one call
-                ignore_done=True,  # the step budget is ours (robosuite would raise past its horizon)
-                render_gpu_device_id=self.render_gpu_device_id,
-            )
-            self._env.reset()
+            with self._scene_rng(None):  # the task's build draws, equal in every build
+                self._env = OffScreenRenderEnv(
+                    bddl_file_name=bddl,
+                    camera_names=list(self.cameras),
+                    camera_heights=h,
+                    camera_widths=w,
+                    hard_reset=False,  # soft resets by default; `reset(hard=True)` flips it for one call
+                    ignore_done=True,  # the step budget is ours (robosuite would raise past its horizon)
+                    render_gpu_device_id=self.render_gpu_device_id,
+                )
+                self._env.reset()
         except Exception as err:  # EGL/OSMesa missing shows up here as GL/ctypes errors
             if any(s in repr(err).lower() for s in ("egl", "opengl", "osmesa", "glfw", "gl context", "libgl")):
                 raise RuntimeError(
@@ -172,6 +230,7 @@ class LiberoSimulator:
                 ) from err
             raise
         self._make_current()
+        self._pin_placement()
         self._set_cameras(not self._lazy)
 
     def set_task(self, task: int | str) -> None:
@@ -180,6 +239,46 @@ class LiberoSimulator:
         if task_id != self.task_id:
             self.task_id = task_id
             self._build()
+
+    def seed_jitter(self, seed: int | None) -> None:
+        """Restart the generator that "upstream" resets draw LIBERO's fixture jitter from."""
+        self._upstream_rng = np.random.RandomState(None if seed is None else int(seed) % 2**32)
+
+    @contextlib.contextmanager
+    def _scene_rng(self, init_state_id: int | None) -> Iterator[None]:
+        """Run LIBERO's random draws (numpy's global generator) from this scene's generator, then restore the caller's."""
+        caller = np.random.get_state()
+        if self.fixture_placement == "pinned":
+            self._placement_seed = scene_seed(self.seed, self.suite_name, self.task_id, init_state_id)
+            np.random.seed(self._placement_seed)
+        else:
+            np.random.set_state(self._upstream_rng.get_state())
+        try:
+            yield
+        finally:
+            self._placement_seed = None
+            if self.fixture_placement == "upstream":
+                self._upstream_rng.set_state(np.random.get_state())
+            np.random.set_state(caller)
+
+    def _pin_placement(self) -> None:
+        """Restart the pinned generator where LIBERO samples the placements (after every build).
+
+        How much a reset draws before it varies (a rebuilt model's resets draw more than the first
+        model's), so seeding only at the start of a reset would give a hard reset another scene.
+        """
+        sampler = self._env.env.placement_initializer
+        if getattr(sampler, "_ript_pinned", False):
+            return
+        sample = sampler.sample
+
+        def pinned_sample(*args, **kwargs):
+            if self._placement_seed is not None:
+                np.random.seed(self._placement_seed)
+            return sample(*args, **kwargs)
+
+        sampler.sample = pinned_sample
+        sampler._ript_pinned = True
 
     @property
     def n_init_states(self) -> int:
@@ -261,26 +360,35 @@ class LiberoSimulator:
                 f"init_state_id {init_state_id} out of range for task {self.task_id} of {self.suite_name}: "
                 f"use 0..{self.n_init_states - 1}"
             )
-        env = self._env
         self._make_current()
-        if hard:  # LIBERO's default: rebuild model, sim and renderer (seconds)
-            self._free_renderer()
-            env.env.hard_reset = True
-            try:
-                env.reset()
-            finally:
-                env.env.hard_reset = False
-            gc.collect()  # free the old renderer now rather than at a random later point
-            self._make_current()  # guard the new renderer
-        else:
+        if hard:  # LIBERO's default: rebuild model, sim and renderer (seconds), then place as a soft reset does
+            with self._scene_rng(None):
+                self._rebuild()
+        with self._scene_rng(int(init_state_id)):
+            return self._restore(int(init_state_id))
+
+    def _rebuild(self) -> None:
+        env = self._env
+        self._free_renderer()
+        env.env.hard_reset = True
+        try:
             env.reset()
-            # A soft reset keeps the robot model, whose gripper remembers its last command
-            # (robosuite ramps `current_action`); a rebuilt model starts from zero: match it.
-            for robot in env.env.robots:
-                grippers = robot.gripper.values() if isinstance(robot.gripper, dict) else [robot.gripper]
-                for gripper in grippers:
-                    gripper.current_action = np.zeros(gripper.dof)
-        obs = env.set_init_state(self.init_states[int(init_state_id)])
+        finally:
+            env.env.hard_reset = False
+        gc.collect()  # free the old renderer now rather than at a random later point
+        self._make_current()  # guard the new renderer
+        self._pin_placement()  # and the new model's sampler
+
+    def _restore(self, init_state_id: int) -> dict[str, np.ndarray]:
+        env = self._env
+        env.reset()
+        # A soft reset keeps the robot model, whose gripper remembers its last command
+        # (robosuite ramps `current_action`); a rebuilt model starts from zero: match it.
+        for robot in env.env.robots:
+            grippers = robot.gripper.values() if isinstance(robot.gripper, dict) else [robot.gripper]
+            for gripper in grippers:
+                gripper.current_action = np.zeros(gripper.dof)
+        obs = env.set_init_state(self.init_states[init_state_id])
         for i in range(self.settle_steps):
             if self._lazy and i == self.settle_steps - 1:
                 self._set_cameras(True)
@@ -373,6 +481,13 @@ class LiberoEnv(EnvBase):
     Resets are soft (restore the init state without rebuilding simulator and
     renderer); `reset_mode="hard"` uses LIBERO's rebuild every time and
     `hard_reset_every=K` every K-th episode.
+
+    Scenes: with `fixture_placement="pinned"` (default) the fixtures of a context
+    come from (`scene_seed`, suite, task, init state), so the K rollouts of a group
+    share one scene in every worker; `scene_seed` defaults to `seed` (else 0) and,
+    unlike the per-worker seeds `set_seed` hands out, is the same in every worker.
+    "upstream" keeps LIBERO's per-reset jitter, seeded by `set_seed`.
+    `set_fixture_placement` switches the mode between episodes (e.g. for evaluation).
     """
 
     _batch_locked = True
@@ -396,6 +511,8 @@ class LiberoEnv(EnvBase):
         lazy_render: bool = True,
         worker_index: int = 0,
         render_gpu_device_id: int = -1,
+        fixture_placement: Literal["pinned", "upstream"] = "pinned",
+        scene_seed: int | None = None,
         seed: int | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -413,7 +530,10 @@ class LiberoEnv(EnvBase):
         self.sim = LiberoSimulator(
             suite, task, camera_size=camera_size, wrist_camera=wrist_camera, max_steps=max_steps,
             settle_steps=settle_steps, lazy_render=lazy_render, render_gpu_device_id=render_gpu_device_id,
+            fixture_placement=fixture_placement, seed=scene_seed if scene_seed is not None else (seed or 0),
         )
+        if seed is not None:
+            self.sim.seed_jitter(seed)
         self.suite_name = suite
         self.action_chunk = action_chunk
         self._action_shape = (ACTION_DIM,) if action_chunk is None else (int(action_chunk), ACTION_DIM)
@@ -502,6 +622,16 @@ class LiberoEnv(EnvBase):
         self._contexts.extend(parsed)
         return len(self._contexts)
 
+    def set_fixture_placement(self, mode: str, worker: int | None = None) -> str:
+        """Switch between "pinned" and "upstream" fixtures from the next reset on; returns the previous mode.
+
+        A method rather than an attribute so a Parallel/SerialEnv broadcasts it to its workers.
+        """
+        previous = self.sim.fixture_placement
+        if worker is None or int(worker) == self.worker_index:
+            self.sim.fixture_placement = check_fixture_placement(mode)
+        return previous
+
     def pending_contexts(self) -> int:
         """How many queued contexts are not consumed yet."""
         return len(self._contexts)
@@ -537,7 +667,8 @@ class LiberoEnv(EnvBase):
     def _set_seed(self, seed: int | None) -> None:
         self._rng = np.random.default_rng(seed)
         self._group_state = None
-        np.random.seed(None if seed is None else seed % 2**32)  # LIBERO's placement samplers use numpy's global RNG
+        # the upstream jitter's generator; pinned scenes keep `scene_seed`, equal in every worker
+        self.sim.seed_jitter(seed)
 
     def _obs_td(self, obs: dict[str, np.ndarray], success: bool, executed: int) -> TensorDict:
         td = TensorDict({}, batch_size=[], device=self.device)

@@ -37,6 +37,7 @@ import torch
 
 from ript.recipes.common.cli import dataclass_parser
 from ript.recipes.common.multitask import parse_task
+from ript.recipes.common.preflight import PreflightError, check_libero_contexts
 
 DEFAULT_TASKS = ["libero_spatial:2", "libero_object:1", "libero_goal:8"]
 FPS = 20  # LIBERO's control frequency
@@ -242,6 +243,13 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
         parser.error(str(err))
     if cfg.camera_size < 1 or cfg.image_size < 1 or cfg.n_action_steps < 1:
         parser.error("--camera-size, --image-size and --n-action-steps must be >= 1")
+    try:  # an out-of-range task or init state would only fail in a worker, after the dataset was started
+        for spec in cfg.tasks:
+            suite, task = parse_task(spec)
+            check_libero_contexts(suite, [task], {"--init-states": cfg.init_states}, tasks_key=f"--tasks {spec}")
+    except PreflightError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     return cfg
 
 

@@ -7,8 +7,10 @@ Shorthands: `suite=`, `suites=[...]` (each evaluated in turn), `tasks=[...]` (de
 every task of the suite), `out=<dir>`. Everything else is the training config
 (`--config-name`, dotted overrides). Episodes use the suite's openpi episode length
 unless env.max_steps is given, and the held-out init states of `eval.init_states`.
-Writes <out>/eval.csv and eval.md (per task, per suite, overall), episodes.csv, and
-videos/<suite>_task<k>.mp4.
+Fixtures are placed by `eval.fixture_placement`: upstream (default; LIBERO's per-reset
+jitter, as in published numbers) or pinned (one scene per context, as in training).
+Writes <out>/eval.csv and eval.md (per task, per suite, overall; eval.md and config.yaml
+name the fixture placement), episodes.csv, and videos/<suite>_task<k>.mp4.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ript.recipes.common.config import ConfigError, RIPTConfig, main_config, to_
 from ript.recipes.common.eval_table import EpisodeResult, write_episodes_csv, write_tables
 from ript.recipes.common.evaluation import evaluate
 from ript.recipes.common.factories import make_env, make_policy
-from ript.recipes.common.preflight import PreflightError, run_preflight
+from ript.recipes.common.preflight import PreflightError, check_libero_contexts, run_preflight
 from ript.recipes.common.video import tile_episodes, write_mp4
 
 SUITE_TASKS = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
@@ -97,25 +99,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if (out_dir / "eval.csv").exists():
         print(f"config error: {out_dir} already holds an evaluation: choose another out=<dir>", file=sys.stderr)
         raise SystemExit(2)
+    suites = suites or [cfg.env.suite]
     try:
-        run_preflight(cfg, out_dir)  # disk, checkpoint + norm stats vs LIBERO, rendering: before loading anything
+        unknown = [s for s in suites if s not in SUITE_TASKS]
+        if unknown:
+            raise PreflightError(f"suite={unknown[0]} is unknown: use one of {list(SUITE_TASKS)}")
+        # device, disk, checkpoint + norm stats vs LIBERO, each suite's tasks and init states, rendering: before loading anything
+        run_preflight(cfg, out_dir, contexts=False)
+        for suite in suites:
+            check_libero_contexts(suite, tasks if tasks is not None else range(SUITE_TASKS[suite]),
+                                  {"eval.init_states": cfg.eval.init_states, "env.train_init_states": cfg.env.train_init_states[:1]},
+                                  tasks_key="tasks")
     except PreflightError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(to_yaml(cfg))
-        results = evaluate_checkpoint(cfg, suites or [cfg.env.suite], tasks, out_dir, max_steps_given=any(a.startswith("env.max_steps=") for a in rest))
+        results = evaluate_checkpoint(cfg, suites, tasks, out_dir, max_steps_given=any(a.startswith("env.max_steps=") for a in rest))
     except ConfigError as e:
         if cfg.debug:
             raise
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    csv_path, md_path = write_tables(results, out_dir)
+    csv_path, md_path = write_tables(results, out_dir, note=f"fixture placement: {cfg.eval.fixture_placement}")
     write_episodes_csv(results, out_dir / "episodes.csv")
     print(md_path.read_text())
     print(f"tables: {csv_path} {md_path}; videos: {out_dir / 'videos'}")
-    return {"results": results, "csv": csv_path, "markdown": md_path, "output_dir": out_dir}
+    return {"results": results, "csv": csv_path, "markdown": md_path, "output_dir": out_dir,
+            "fixture_placement": cfg.eval.fixture_placement}
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ class EnvConfig:
     step_timeout_s: float = 300.0  # a worker with no env progress for this long is declared hung, killed and the env rebuilt
     max_restarts: int = 5  # env rebuilds after worker deaths/hangs allowed per run before it stops
     train_init_states: list[int] = field(default_factory=lambda: list(range(0, 40)))  # contexts are drawn from these
+    fixture_placement: str = "pinned"  # pinned: a (task, init state) context is one scene, fixtures included (a group compares one scene) | upstream: LIBERO's per-reset fixture jitter
     # toy env only (tracking mode of torchrl's ToyVLAEnv)
     toy_action_dim: int = 2
     toy_success_steps: int = 2
@@ -136,6 +137,7 @@ class EvalConfig:
     init_states: list[int] = field(default_factory=lambda: [40, 41])  # held out from env.train_init_states
     episodes: int = 2  # episodes per (task, init state) ... capped by len(init_states)
     at_start: bool = False  # also evaluate before the first update
+    fixture_placement: str = "upstream"  # upstream: LIBERO's per-reset fixture jitter, the published protocol | pinned: one scene per context, as in training
 
 
 @dataclass
@@ -204,6 +206,8 @@ _SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "liber
 _CHOICES: dict[str, tuple[str, ...]] = {
     "env.kind": ("libero", "toy"),
     "env.suite": _SUITES,
+    "env.fixture_placement": ("pinned", "upstream"),
+    "eval.fixture_placement": ("upstream", "pinned"),
     "policy.kind": ("pi0", "mlp"),
     "policy.freeze": ("none", "vision", "trunk"),  # PI0Actor.FREEZE_PARTS (a test keeps them equal; lerobot stays unimported here)
     "algo.mode": ("weighted", "cfg"),

@@ -38,8 +38,8 @@ def success_table(results: Sequence[EpisodeResult]) -> list[dict[str, object]]:
     return rows
 
 
-def write_tables(results: Sequence[EpisodeResult], out_dir: str | Path, stem: str = "eval") -> tuple[Path, Path]:
-    """Write `<stem>.csv` and `<stem>.md`; return their paths."""
+def write_tables(results: Sequence[EpisodeResult], out_dir: str | Path, stem: str = "eval", note: str = "") -> tuple[Path, Path]:
+    """Write `<stem>.csv` and `<stem>.md` (`note` heads the markdown, e.g. the protocol); return their paths."""
     if not results:
         raise ValueError("no episodes to tabulate: run at least one evaluation episode")
     out_dir = Path(out_dir)
@@ -50,7 +50,8 @@ def write_tables(results: Sequence[EpisodeResult], out_dir: str | Path, stem: st
         w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
         w.writeheader()
         w.writerows(rows)
-    lines = ["| suite | task | instruction | episodes | successes | success rate |", "|---|---|---|---|---|---|"]
+    lines = [note, ""] if note else []
+    lines += ["| suite | task | instruction | episodes | successes | success rate |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['suite']} | {r['task_id']} | {r['task']} | {r['episodes']} | {r['successes']} | {100 * float(r['success_rate']):.1f}% |")  # type: ignore[arg-type]
     md_path.write_text("\n".join(lines) + "\n")

@@ -4,6 +4,8 @@ openpi's protocol: each (task, init state) episode runs from LIBERO's stored ini
 state for the suite's episode length, replanning every n_action_steps; an episode
 succeeds if the task is solved at any step. Episodes run one per env worker per
 round; the first episode of each worker counts (auto-resets after it are ignored).
+Fixtures are placed by `eval.fixture_placement` during evaluation (upstream by default:
+LIBERO's per-reset jitter, as in published numbers) and by `env.fixture_placement` again after.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def evaluate(
     results: dict[int, list[bool]] = defaultdict(list)
     videos: list[list[np.ndarray]] = []
     horizon = max_decision_steps(cfg)
+    libero = cfg.env.kind == "libero"
+    if libero:  # evaluation's own fixture placement (upstream: the published protocol), training's again after
+        env.set_fixture_placement(cfg.eval.fixture_placement)
     with evaluating(policy):  # the training flag comes back even if an env worker fails
         for start in range(0, len(todo), n_workers):
             chunk = todo[start : start + n_workers]
@@ -68,6 +73,8 @@ def evaluate(
                     if cams:
                         videos.append(episode_frames(cams, ok))
         env.clear_contexts()
+    if libero:  # (a failed evaluation rebuilds the env, with training's placement)
+        env.set_fixture_placement(cfg.env.fixture_placement)
     trials = [s for v in results.values() for s in v]
     metrics = {"eval/success_rate": sum(trials) / len(trials), "eval/episodes": len(trials)}
     for task, v in sorted(results.items()):

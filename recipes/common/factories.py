@@ -185,6 +185,8 @@ def make_env(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, num_envs: int | Non
         hard_reset_every=cfg.env.hard_reset_every or None,
         init_state_mode="fixed",
         init_state_id=cfg.env.train_init_states[0],
+        fixture_placement=cfg.env.fixture_placement,
+        scene_seed=cfg.train.seed,  # not `seed`: ranks and env rebuilds offset that one, a context's scene must not move
     )
     if hasattr(env, "start") and getattr(env, "is_closed", False):
         env.start()

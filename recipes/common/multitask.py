@@ -67,7 +67,8 @@ def parse_task(spec: str) -> tuple[str, int]:
 class TaskWorkers:
     """A ParallelEnv with one LiberoEnv + PI0 transforms per task, and its Collector."""
 
-    def __init__(self, actor: Any, norm: NormStats, tasks: Sequence[str], camera_size: int, seed: int = 0) -> None:
+    def __init__(self, actor: Any, norm: NormStats, tasks: Sequence[str], camera_size: int, seed: int = 0,
+                 fixture_placement: str = "pinned") -> None:
         self.tasks = list(tasks)
         self.actor = actor  # the collector acts with this one
         specs = [parse_task(t) for t in self.tasks]
@@ -76,7 +77,8 @@ class TaskWorkers:
                                          tokenizer_max_length=config.tokenizer_max_length)
         self.env = make_libero_env(specs[0][0], [t for _, t in specs], suites=[s for s, _ in specs], num_envs=len(specs),
                                    parallel=len(specs) > 1, transforms=transforms, seed=seed,
-                                   action_chunk=config.n_action_steps, camera_size=camera_size, init_state_mode="fixed")
+                                   action_chunk=config.n_action_steps, camera_size=camera_size, init_state_mode="fixed",
+                                   fixture_placement=fixture_placement)
         decisions = max(-(-SUITE_MAX_STEPS[s] // config.n_action_steps) for s, _ in specs)
         self.collector = Collector(self.env, actor, frames_per_batch=len(specs) * decisions, total_frames=-1,
                                    auto_register_policy_transforms=False)

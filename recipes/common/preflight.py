@@ -2,11 +2,11 @@
 
 A run that dies an hour in because the disk is full, the checkpoint path has a
 typo or EGL is missing wastes the hour; these checks take about a second.
-`run_preflight(cfg, out_dir)` runs the ones a config needs, in order: output
-directory, wandb credentials (logging.wandb=online), policy checkpoint, its prompt
-tokenizer, normalisation statistics against the LIBERO state/action sizes, rendering
-backend (LIBERO only). Nothing is created or
-written by a failing check.
+`run_preflight(cfg, out_dir)` runs the ones a config needs, in order: device,
+output directory, wandb credentials (logging.wandb=online), policy checkpoint, its
+prompt tokenizer, normalisation statistics against the LIBERO state/action sizes,
+tasks and init states against the suite's real counts, rendering backend (LIBERO
+only). Nothing is created or written by a failing check.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -208,8 +209,56 @@ def check_wandb_credentials(mode: str) -> None:
     )
 
 
-def run_preflight(cfg: Any, out_dir: str | os.PathLike, *, resume_from: str | os.PathLike | None = None, rendering: bool | None = None) -> None:
-    """All checks a run of `cfg` (a RIPTConfig) needs, cheapest first; raises PreflightError (one line)."""
+def check_device(device: str, key: str = "train.device") -> None:
+    """A CUDA device asked for by name exists here (auto and cpu always do)."""
+    if not (device == "cuda" or device.startswith("cuda:")):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise PreflightError(f"{key}={device} but CUDA is not available on this machine: set {key}=cpu (or auto)")
+    index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+    if index >= count:
+        raise PreflightError(f"{key}={device} but this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}: pick one of them or auto")
+
+
+def check_amp(amp: str, device: str) -> None:
+    """amp=fp16 needs CUDA; with train.device=auto on a machine without it the run would silently train in float32."""
+    if amp != "fp16" or device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise PreflightError("amp=fp16 needs CUDA and this machine has none: set amp=off (or amp=bf16)")
+
+
+def check_libero_contexts(suite: str, tasks: Sequence[int], init_states: Mapping[str, Sequence[int]], tasks_key: str = "env.tasks") -> None:
+    """Task ids and init-state ids (by config key) exist in `suite`: an out-of-range one would only fail inside an env worker."""
+    from ript.envs.libero_env import suite_sizes  # LIBERO's registry, no simulator
+
+    try:
+        sizes = suite_sizes(suite)
+    except ValueError as err:
+        raise PreflightError(str(err)) from err
+    bad = [t for t in tasks if not 0 <= int(t) < len(sizes)]
+    if bad:
+        raise PreflightError(f"{tasks_key} has {bad} out of range: {suite} has tasks 0..{len(sizes) - 1}; use ids in that range")
+    n = min(sizes[int(t)] for t in tasks)
+    for key, ids in init_states.items():
+        bad = [i for i in ids if not 0 <= int(i) < n]
+        if bad:
+            raise PreflightError(f"{key} has {bad} out of range: {suite} tasks {list(tasks)} ship init states 0..{n - 1}; use ids in that range")
+
+
+def run_preflight(
+    cfg: Any, out_dir: str | os.PathLike, *, resume_from: str | os.PathLike | None = None, rendering: bool | None = None, contexts: bool = True
+) -> None:
+    """All checks a run of `cfg` (a RIPTConfig) needs, cheapest first; raises PreflightError (one line).
+
+    contexts=False leaves the task/init-state check to a caller that evaluates other suites (eval_libero).
+    """
+    check_device(cfg.train.device)
+    check_amp(cfg.amp, cfg.train.device)
     check_output_dir(out_dir, cfg.preflight.min_free_gb)
     check_wandb_credentials(cfg.logging.wandb)
     if resume_from is not None:
@@ -222,6 +271,9 @@ def run_preflight(cfg: Any, out_dir: str | os.PathLike, *, resume_from: str | os
             check_norm_stats(p.path)
     if p.kind == "pi0":
         check_tokenizer(p.path, p.tokenizer_path)
+    if cfg.env.kind == "libero" and contexts:
+        check_libero_contexts(cfg.env.suite, cfg.env.tasks,
+                              {"env.train_init_states": cfg.env.train_init_states, "eval.init_states": cfg.eval.init_states})
     if cfg.env.kind == "libero" and (rendering if rendering is not None else True):
         check_rendering_backend()
 

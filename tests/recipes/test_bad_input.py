@@ -144,6 +144,16 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
     ("stats_nan", lambda f: [*LIBERO, f"logging.output_dir={f['new']}", f"policy.path={f['ns_nan']}"], "NaN"),
     ("real_config_without_path", lambda f: ["--config-name", "rl_training", "train.device=cpu", f"logging.output_dir={f['new']}"], "policy.path is not set"),
     ("ckpt_without_tokenizer", lambda f: [*LIBERO, f"logging.output_dir={f['new']}", f"policy.path={f['ck_no_tokenizer']}"], "set policy.tokenizer_path="),
+    ("eval_init_state_out_of_range", lambda f: [*LIBERO, f"logging.output_dir={f['new']}", "eval.init_states=[9999]"],
+     "eval.init_states has [9999] out of range: libero_object tasks [1] ship init states 0..49"),
+    ("train_init_state_out_of_range", lambda f: [*LIBERO, f"logging.output_dir={f['new']}", "env.train_init_states=[0,50]"],
+     "env.train_init_states has [50] out of range"),
+    ("task_out_of_range", lambda f: [*LIBERO, f"logging.output_dir={f['new']}", "env.suite=libero_goal", "env.tasks=[99]"],
+     "env.tasks has [99] out of range: libero_goal has tasks 0..9"),
+    ("bad_fixture_placement", lambda f: [*TOY, "env.fixture_placement=random"], "env.fixture_placement='random' is not one of ['pinned', 'upstream']"),
+    *([("fp16_without_cuda", lambda f: [*TOY, f"logging.output_dir={f['new']}", "train.device=auto", "amp=fp16"], "amp=fp16 needs CUDA and this machine has none")]
+      if not torch.cuda.is_available() else []),
+    ("device_not_here", lambda f: [*TOY, f"logging.output_dir={f['new']}", "train.device=cuda:99"], "train.device=cuda:99 but"),
 ]
 
 
@@ -172,6 +182,50 @@ def test_bad_input_is_one_line_exit_2(
     assert not files["new"].exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        ript_cfg.main([*TOY, f"logging.output_dir={files['new']}", "train.device=cuda"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert info.value.code == 2 and lines == ["config error: train.device=cuda but CUDA is not available on this machine: set train.device=cpu (or auto)"]
+    assert not files["new"].exists()
+
+
+def _one_line_exit_2(main: Callable[[list[str]], object], argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert info.value.code == 2 and len(lines) == 1 and lines[0].startswith("config error: ") and expected in lines[0], captured.err
+    assert not captured.out.strip(), captured.out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["suite=libero_goal", "tasks=[3,99]"], "tasks has [99] out of range: libero_goal has tasks 0..9"),
+    (["suite=libero_10", "eval.init_states=[9999]"], "eval.init_states has [9999] out of range: libero_10 tasks"),
+    (["suites=[libero_goal,libero_91]"], "suite=libero_91 is unknown"),
+], ids=["task", "init_state", "suite"])
+def test_eval_libero_refuses_out_of_range_contexts(argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import eval_libero
+
+    out = tmp_path / "eval"
+    _one_line_exit_2(eval_libero.main, [*argv, f"out={out}"], expected, capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--tasks", "libero_spatial:2", "libero_90:90"], "--tasks libero_90:90 has [90] out of range: libero_90 has tasks 0..89"),
+    (["--tasks", "libero_goal:8", "--init-states", "0", "50"], "--init-states has [50] out of range: libero_goal tasks [8] ship init states 0..49"),
+], ids=["task", "init_state"])
+def test_collect_demos_refuses_out_of_range_contexts(argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import collect_demos
+
+    out = tmp_path / "demos"
+    _one_line_exit_2(collect_demos.main, [*argv, "--out", str(out)], expected, capsys)
+    assert not out.exists()
+
+
 def test_at_least_twenty_cases() -> None:
     assert len(CASES) >= 20 and len({c[0] for c in CASES}) == len(CASES)
 
@@ -187,6 +241,7 @@ def test_real_subprocesses(files: dict[str, Path], run_hash: str) -> None:
         ([*TOY, "optim.lr=-1"], "optim.lr=-1.0 must be > 0"),
         ([*TOY, f"logging.output_dir={files['run']}", "train.iterations=5"], "already holds a run"),
         ([*LIBERO, f"logging.output_dir={files['new']}", f"policy.path={files['ns_5dim']}"], "5-dim state statistics"),
+        ([*LIBERO, f"logging.output_dir={files['new']}", "eval.init_states=[9999]"], "eval.init_states has [9999] out of range"),
     ):
         res = _cli(*args)
         lines = [line for line in res.stderr.splitlines() if line.strip()]

@@ -39,4 +39,8 @@ def test_train_resume_and_evaluate_on_libero(tmp_path: Path) -> None:
     table = list(csv.DictReader(open(out / "eval.csv")))
     assert table[0]["task_id"] == "1" and table[0]["episodes"] == "2" and "cream cheese" in table[0]["task"]
     assert "| libero_object | 1 |" in (out / "eval.md").read_text()
+    # training acts in pinned scenes, evaluation follows LIBERO's published protocol; both are recorded
+    assert res["fixture_placement"] == "upstream" and (out / "eval.md").read_text().startswith("fixture placement: upstream")
+    saved = (run / "config.yaml").read_text()
+    assert "fixture_placement: pinned" in saved and "fixture_placement: upstream" in saved
     assert (out / "videos" / "libero_object_task1.mp4").stat().st_size > 0

@@ -6,6 +6,8 @@ import pytest
 
 from ript.recipes.common.preflight import (
     PreflightError,
+    check_device,
+    check_libero_contexts,
     check_output_dir,
     check_policy_checkpoint,
     check_rendering_backend,
@@ -156,3 +158,28 @@ def test_wandb_online_needs_credentials(tmp_path, monkeypatch):
     (tmp_path / "netrc").unlink()
     monkeypatch.setenv("WANDB_API_KEY", "abc123")
     check_wandb_credentials("online")
+
+
+def test_libero_contexts_against_the_suites_real_counts():
+    from ript.envs.libero_env import suite_sizes
+
+    assert suite_sizes("libero_90") == (50,) * 90 and suite_sizes("libero_goal") == (50,) * 10
+    check_libero_contexts("libero_90", [0, 89], {"eval.init_states": [0, 49]})  # the edges are valid
+    with pytest.raises(PreflightError, match=r"env.tasks has \[10\] out of range: libero_goal has tasks 0\.\.9"):
+        check_libero_contexts("libero_goal", [1, 10], {})
+    with pytest.raises(PreflightError, match=r"eval.init_states has \[50, -1\] out of range: libero_10 tasks \[3\] ship init states 0\.\.49"):
+        check_libero_contexts("libero_10", [3], {"env.train_init_states": [0], "eval.init_states": [40, 50, -1]})
+    with pytest.raises(PreflightError, match="unknown LIBERO suite"):
+        check_libero_contexts("libero_100", [0], {})
+
+
+def test_device_that_is_not_here():
+    import torch
+
+    check_device("cpu")
+    check_device("auto")
+    with pytest.raises(PreflightError, match=r"train.device=cuda:99 but .*(not available|cuda:0\.\.)"):
+        check_device("cuda:99")
+    if not torch.cuda.is_available():
+        with pytest.raises(PreflightError, match="CUDA is not available on this machine: set train.device=cpu"):
+            check_device("cuda")
