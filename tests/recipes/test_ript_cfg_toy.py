@@ -59,13 +59,23 @@ def test_existing_run_is_not_overwritten_and_bad_resume_is_one_line(tmp_path: Pa
     assert info.value.code == 2
 
 
-@pytest.mark.parametrize("all_states", ["false", "true"])
-def test_reference_anchor_runs_and_is_logged(tmp_path: Path, all_states: str) -> None:
-    out = main(["--config-name", "toy", f"logging.output_dir={tmp_path / 'a'}", "train.iterations=2", "algo.anchor_coef=0.5",
-                f"algo.anchor_all_states={all_states}"])
-    rows = list(csv.DictReader(open(out["metrics_csv"])))
-    anchors = [float(r["loss/anchor"]) for r in rows if r.get("loss/anchor")]
-    assert len(anchors) == 2 and all(a > 0 for a in anchors)
+def test_reference_anchor_runs_and_anchor_all_states_covers_the_uniform_groups(tmp_path: Path) -> None:
+    """Same seed, same first collection: without the flag the anchor covers the kept groups' steps only; with it, also the
+    steps of the groups dynamic sampling drops (all rollouts agreed)."""
+    rows = {}
+    for all_states in ("false", "true"):
+        out = main(["--config-name", "toy", f"logging.output_dir={tmp_path / all_states}", "train.iterations=2", "algo.anchor_coef=0.5",
+                    f"algo.anchor_all_states={all_states}"])  # fmt: skip
+        rows[all_states] = list(csv.DictReader(open(out["metrics_csv"])))
+        anchors = [float(r["loss/anchor"]) for r in rows[all_states] if r.get("loss/anchor")]
+        assert len(anchors) == 2 and all(a > 0 for a in anchors)
+    off, on = rows["false"][0], rows["true"][0]
+    for key in ("data/env_frames", "groups/kept", "groups/dropped", "data/decision_steps"):  # the same collection
+        assert off[key] == on[key], key
+    assert int(off["groups/dropped"]) >= 1  # a uniform group exists to widen the anchor with
+    assert int(off["data/trained_steps"]) == int(off["data/decision_steps"])  # the kept groups' steps
+    assert int(on["data/trained_steps"]) > int(on["data/decision_steps"])  # plus the dropped groups' steps, for the anchor
+    assert float(on["loss/anchor"]) != float(off["loss/anchor"])
 
 
 def test_relabelled_targets_train_and_differ_from_acted_chunks(tmp_path: Path) -> None:
