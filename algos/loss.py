@@ -263,8 +263,8 @@ class RIPTCFGLoss(LossModule):
             main = main & (advantage > 0)
         return advantage, valid, main
 
-    def _statistics(self, parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> EffectiveBatch:
-        """EffectiveBatch of (advantage, valid, main) triples: two small all-reduces at most (one in cfg mode)."""
+    def _statistics(self, parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], weights: bool | None = None) -> EffectiveBatch:
+        """EffectiveBatch of (advantage, valid, main) triples: two small all-reduces, one without the weights' (cfg mode)."""
         advs = [a.detach().double().reshape(-1).cpu() for a, _, _ in parts]
         mains = [m.reshape(-1).cpu().double() for _, _, m in parts]
         valids = [v.reshape(-1).cpu().double() for _, v, _ in parts]
@@ -273,7 +273,7 @@ class RIPTCFGLoss(LossModule):
         summed = self._global_sum(torch.cat([torch.stack([m.sum() for m in mains]), torch.stack([v.sum() for v in valids]), moments]))
         k = len(parts)
         main_counts, valid_counts = tuple(summed[:k].tolist()), tuple(summed[k : 2 * k].tolist())
-        if self.mode != "weighted":
+        if not (self.mode == "weighted" if weights is None else weights):
             return EffectiveBatch(main_counts, valid_counts)
         n, s1, s2 = float(sum(main_counts)), summed[2 * k], summed[2 * k + 1]
         scale = 1.0
@@ -316,7 +316,7 @@ class RIPTCFGLoss(LossModule):
         adv = advantage.detach().double().reshape(-1)
         if statistics is None:
             mask = torch.ones_like(adv, dtype=torch.bool) if sample_mask is None else sample_mask.detach().reshape(-1).bool()
-            statistics = self._statistics([(adv, mask, mask)])
+            statistics = self._statistics([(adv, mask, mask)], weights=True)
         raw = self._raw_weights(adv, statistics.adv_scale)
         return (raw / max(statistics.raw_mean, 1e-300)).clamp(max=self.w_max).float()
 
