@@ -55,6 +55,13 @@ on states whose groups all failed or all succeeded, e.g. a task that fell to 0:
 
     L = sum_inf w_i l_i / N_inf + anchor_coef * sum_valid a_i / N_valid
 
+Gradient accumulation (`effective_batch` + `use_effective_batch`): the statistics
+above (the counts N, std of A, mean of w~) belong to the effective batch, i.e. every
+micro-batch of one optimizer step, on every rank. The trainer computes them once from
+the whole accumulation group before its micro-batches run; each micro-batch then
+returns its share of the group's loss (its sums over the group's N), so the summed
+gradients of k micro-batches of B are the gradient of one batch of k x B.
+
 Optional "fm_noise" / "fm_time" /
 "label_drop" entries fix the flow-matching noise and time and the CFG label
 dropout (tests of that equivalence; normally they are drawn here).
@@ -62,6 +69,8 @@ dropout (tests of that equivalence; normally they are drawn here).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +89,33 @@ def steps_with_weight(data: TensorDictBase, *, positive_only: bool, anchor_coef:
     if positive_only and anchor_coef == 0:
         return data[data.get("advantage").reshape(-1) > 0]
     return data
+
+
+@dataclass(frozen=True)
+class EffectiveBatch:
+    """What the loss normalises by, over all micro-batches of one optimizer step and every rank.
+
+    Attributes:
+        main_counts: samples of the advantage term in each micro-batch (summed over ranks).
+        valid_counts: valid (non-padding) samples in each micro-batch (summed over ranks).
+        adv_scale: the advantages are divided by it (their std + eps; 1 without normalisation).
+        raw_mean: mean of exp(A / adv_scale / T) over the advantage-term samples (weighted mode).
+    """
+
+    main_counts: tuple[float, ...]
+    valid_counts: tuple[float, ...]
+    adv_scale: float = 1.0
+    raw_mean: float = 1.0
+
+    @property
+    def n_main(self) -> float:
+        """Advantage-term samples of the whole effective batch."""
+        return sum(self.main_counts)
+
+    @property
+    def n_valid(self) -> float:
+        """Valid samples of the whole effective batch."""
+        return sum(self.valid_counts)
 
 
 class RIPTCFGLoss(LossModule):
@@ -181,6 +217,7 @@ class RIPTCFGLoss(LossModule):
         object.__setattr__(self, "_reference", reference)
         self.anchor_coef = float(anchor_coef)
         self.anchor_num_steps = anchor_num_steps  # Euler steps of the reference's targets (None: its own); see relabel_chunks
+        self._effective: EffectiveBatch | None = None  # set by use_effective_batch (gradient accumulation)
 
     @property
     def reference(self) -> FlowMatchingPolicy | None:
@@ -209,22 +246,79 @@ class RIPTCFGLoss(LossModule):
         torch_dist.all_reduce(buf, op=torch_dist.ReduceOp.SUM)
         return buf.to(values.device)
 
-    def advantage_weights(self, advantage: torch.Tensor, sample_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Detached AWR weights [B] for `weighted` mode (formula in the module docstring).
+    def _masks(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(advantage [B], valid [B] bool, main [B] bool): main marks the samples of the advantage term."""
+        keys = self.tensor_keys
+        advantage = tensordict.get(keys.advantage, None)
+        if advantage is None:
+            raise KeyError(f"RIPTCFGLoss: advantage entry {keys.advantage!r} is missing; run the GroupLOOAdvantage transform first or set_keys(advantage=...).")
+        advantage = advantage.reshape(tensordict.shape[0])
+        if not torch.isfinite(advantage).all():
+            raise ValueError("RIPTCFGLoss: advantages contain NaN or inf; check the rewards/success signal fed to the advantage transform.")
+        sample_mask = tensordict.get(keys.sample_mask, None)
+        valid = torch.ones_like(advantage, dtype=torch.bool) if sample_mask is None else sample_mask.reshape(-1).to(advantage.device).bool()
+        informative = tensordict.get(keys.informative, None)
+        main = valid if informative is None else valid & informative.reshape(-1).to(advantage.device).bool()
+        if self.positive_only:  # failures leave the advantage term (the anchor still covers every valid step)
+            main = main & (advantage > 0)
+        return advantage, valid, main
 
-        Statistics run over the samples in `sample_mask` (all if None), over every rank
-        when `sync_across_ranks`; masked-out samples get arbitrary (finite) weights.
-        """
-        adv = advantage.detach().double().reshape(-1)
-        mask = torch.ones_like(adv) if sample_mask is None else sample_mask.detach().reshape(-1).to(adv)
-        n, s1, s2 = self._global_sum(torch.stack([mask.sum(), (mask * adv).sum(), (mask * adv * adv).sum()])).unbind()
+    def _statistics(self, parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], weights: bool | None = None) -> EffectiveBatch:
+        """EffectiveBatch of (advantage, valid, main) triples: two small all-reduces, one without the weights' (cfg mode)."""
+        advs = [a.detach().double().reshape(-1).cpu() for a, _, _ in parts]
+        mains = [m.reshape(-1).cpu().double() for _, _, m in parts]
+        valids = [v.reshape(-1).cpu().double() for _, v, _ in parts]
+        adv, main = torch.cat(advs), torch.cat(mains)
+        moments = torch.stack([(main * adv).sum(), (main * adv * adv).sum()])
+        summed = self._global_sum(torch.cat([torch.stack([m.sum() for m in mains]), torch.stack([v.sum() for v in valids]), moments]))
+        k = len(parts)
+        main_counts, valid_counts = tuple(summed[:k].tolist()), tuple(summed[k : 2 * k].tolist())
+        if not (self.mode == "weighted" if weights is None else weights):
+            return EffectiveBatch(main_counts, valid_counts)
+        n, s1, s2 = float(sum(main_counts)), summed[2 * k], summed[2 * k + 1]
+        scale = 1.0
         if self.normalize_advantage and n > 1:
             var = ((s2 - s1 * s1 / n) / (n - 1)).clamp_min(0.0)  # unbiased, as torch.std
-            adv = adv / (var.sqrt() + 1e-6)
-        raw = torch.exp((adv / self.temperature).clamp(min=-50.0, max=50.0))  # min: all-equal negative advantages gave 0/0
-        raw_sum = self._global_sum((mask * raw).sum().reshape(1))[0]
-        mean = raw_sum / n.clamp_min(1.0)
-        return (raw / mean.clamp_min(1e-300)).clamp(max=self.w_max).float()
+            scale = float(var.sqrt()) + 1e-6
+        raw = self._raw_weights(adv, scale)
+        raw_sum = float(self._global_sum((main * raw).sum().reshape(1))[0])
+        return EffectiveBatch(main_counts, valid_counts, adv_scale=scale, raw_mean=raw_sum / max(n, 1.0))
+
+    def _raw_weights(self, advantage: torch.Tensor, adv_scale: float) -> torch.Tensor:
+        """exp(A / adv_scale / T) in float64; the clamp keeps all-equal negative advantages from giving 0/0."""
+        return torch.exp((advantage.detach().double() / adv_scale / self.temperature).clamp(min=-50.0, max=50.0))
+
+    def effective_batch(self, micro_batches: Sequence[TensorDictBase]) -> EffectiveBatch:
+        """The statistics of the effective batch made of `micro_batches` (this rank's parts; all ranks when syncing).
+
+        Reads only advantages and masks (no forward pass). Every rank must call it for the
+        same step when `sync_across_ranks`, as it all-reduces.
+        """
+        return self._statistics([self._masks(td.reshape(-1) if td.batch_dims != 1 else td) for td in micro_batches])
+
+    @contextlib.contextmanager
+    def use_effective_batch(self, statistics: EffectiveBatch) -> Iterator[None]:
+        """Inside: each forward weighs and normalises with `statistics` and returns its share of that batch's loss."""
+        previous = self._effective
+        self._effective = statistics
+        try:
+            yield
+        finally:
+            self._effective = previous
+
+    def advantage_weights(self, advantage: torch.Tensor, sample_mask: torch.Tensor | None = None, statistics: EffectiveBatch | None = None) -> torch.Tensor:
+        """Detached AWR weights [B] for `weighted` mode (formula in the module docstring).
+
+        Statistics come from `statistics` (an effective batch these samples belong to) or else
+        run over the samples in `sample_mask` (all if None), over every rank when
+        `sync_across_ranks`; masked-out samples get arbitrary (finite) weights.
+        """
+        adv = advantage.detach().double().reshape(-1)
+        if statistics is None:
+            mask = torch.ones_like(adv, dtype=torch.bool) if sample_mask is None else sample_mask.detach().reshape(-1).bool()
+            statistics = self._statistics([(adv, mask, mask)], weights=True)
+        raw = self._raw_weights(adv, statistics.adv_scale)
+        return (raw / max(statistics.raw_mean, 1e-300)).clamp(max=self.w_max).float()
 
     def _anchor_loss(self, policy_td: TensorDictBase) -> torch.Tensor:
         """Per-sample flow-matching loss of the policy on chunks the frozen reference samples at the same observations.
@@ -242,18 +336,16 @@ class RIPTCFGLoss(LossModule):
         return self.policy.per_sample_loss(anchor_td)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """The loss of this batch; inside `use_effective_batch`, its share of the effective batch's loss."""
         keys = self.tensor_keys
         if tensordict.batch_dims != 1:
             tensordict = tensordict.reshape(-1)
-        advantage = tensordict.get(keys.advantage, None)
-        if advantage is None:
-            raise KeyError(f"RIPTCFGLoss: advantage entry {keys.advantage!r} is missing; run the GroupLOOAdvantage transform first or set_keys(advantage=...).")
         chunk = tensordict.get(keys.action_chunk, None)
-        if chunk is None:
+        if chunk is None and tensordict.get(keys.advantage, None) is not None:
             raise KeyError(f"RIPTCFGLoss: action chunk entry {keys.action_chunk!r} is missing; store the policy's chunk or set_keys(action_chunk=...).")
-        advantage = advantage.reshape(tensordict.shape[0])
-        if not torch.isfinite(advantage).all():
-            raise ValueError("RIPTCFGLoss: advantages contain NaN or inf; check the rewards/success signal fed to the advantage transform.")
+        advantage, valid, main = self._masks(tensordict)
+        # alone: this batch is the effective batch (its own statistics, plain means)
+        stats = self._effective if self._effective is not None else self._statistics([(advantage, valid, main)])
         # the policy reads its fixed entry names: map the configured keys onto them (shallow)
         policy_td = tensordict.copy()
         policy_td.set("action_chunk", chunk)
@@ -263,18 +355,12 @@ class RIPTCFGLoss(LossModule):
         elif "action_mask" in policy_td.keys():
             policy_td.del_("action_mask")
 
-        sample_mask = tensordict.get(keys.sample_mask, None)
-        valid = torch.ones_like(advantage, dtype=torch.bool) if sample_mask is None else sample_mask.reshape(-1).to(advantage.device).bool()
-        informative = tensordict.get(keys.informative, None)
-        main = valid if informative is None else valid & informative.reshape(-1).to(advantage.device).bool()
         noise = tensordict.get(keys.noise, None)
         time = tensordict.get(keys.time, None)
         positive = advantage > 0
-        if self.positive_only:  # failures leave the advantage term (the anchor still covers every valid step)
-            main = main & positive
         if self.mode == "weighted":
             per_sample = self.policy.per_sample_loss(policy_td, noise=noise, time=time)
-            weights = self.advantage_weights(advantage, main).to(per_sample)
+            weights = self.advantage_weights(advantage, statistics=stats).to(per_sample)
             frac_uncond = torch.zeros(())
         else:
             labels = torch.where(positive, POSITIVE, NEGATIVE).long()
@@ -289,9 +375,9 @@ class RIPTCFGLoss(LossModule):
         if self.anchor_coef > 0:
             anchor = self._anchor_loss(policy_td)
             anchor_mean = anchor.detach()[valid].mean() if valid.any() else torch.zeros(())
-        # sums over this rank's samples / the global counts, x world for DDP's average (alone: plain means)
+        # sums over this rank's samples / the effective batch's global counts, x world for DDP's average
         fmain, fvalid = main.to(per_sample), valid.to(per_sample)
-        n_main, n_valid = self._global_sum(torch.stack([fmain.sum(), fvalid.sum()]).detach().double()).clamp_min(1.0).to(per_sample).unbind()
+        n_main, n_valid = max(stats.n_main, 1.0), max(stats.n_valid, 1.0)
         loss = (fmain * objective).sum() / n_main
         if self.anchor_coef > 0:
             loss = loss + self.anchor_coef * (fvalid * anchor).sum() / n_valid

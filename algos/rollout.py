@@ -359,13 +359,28 @@ def update_policy(
 ) -> dict[str, float]:
     """Epochs x shuffled minibatches of the buffer: loss -> backward -> (accumulate) -> clip -> step.
 
-    Each optimiser step averages `grad_accum_steps` minibatches. A minibatch
-    whose loss is non-finite is not back-propagated, and a step whose gradient
-    norm is non-finite is skipped (gradients zeroed); both are counted in
-    `skipped_nonfinite`; `step_callback(finite)` hears of every optimizer step (True)
-    and every skip (False), e.g. to stop after N skips in a row. `amp_dtype` runs
-    the loss under torch.autocast; pass a GradScaler for float16. Returns the means of the loss outputs plus
-    optimizer_steps, skipped_nonfinite, grad_norm and lr.
+    Each optimizer step takes `grad_accum_steps` minibatches (the last group of an
+    epoch may be shorter) and equals one step on their union: the effective batch.
+    A loss with `effective_batch` (RIPTCFGLoss) gets the group's statistics (sample
+    counts, advantage std, the exponential weights' mean) once, before the group's
+    micro-batches run, and each micro-batch returns its share of the group's loss.
+    Why per optimizer step and not per iteration over the buffer: it makes
+    grad_accum_steps a pure memory knob (k micro-batches of B == one batch of k x B),
+    and with grad_accum_steps=1 the weights are those of one minibatch, as before.
+    Any other loss callable is taken as a mean and scaled by its micro-batch's sample
+    count over the group's.
+
+    A minibatch whose loss is non-finite is not back-propagated; the group's gradient
+    is then rescaled by its sample count over the kept micro-batches' count (the weight
+    statistics keep the skipped samples). A step whose gradient norm is non-finite is
+    skipped (gradients zeroed); both are counted in `skipped_nonfinite`;
+    `step_callback(finite)` hears of every optimizer step (True) and every skip
+    (False), e.g. to stop after N skips in a row. Clipping scales the gradient to
+    norm `max_grad_norm` (None: no clipping). `amp_dtype` runs the loss under
+    torch.autocast; pass a GradScaler for float16. Returns the means of the loss
+    outputs (the loss itself: per optimizer step, the effective batch's loss) plus
+    optimizer_steps, skipped_nonfinite, grad_norm_preclip (mean over steps of the
+    gradient norm BEFORE clipping) and lr.
 
     DDP (`loss_module` wrapped in DistributedDataParallel, its loss built with
     `sync_across_ranks=True`): `minibatch_size` is the GLOBAL minibatch. Ranks may
@@ -375,7 +390,8 @@ def update_policy(
     each rank splits its own shuffled buffer into M near-equal parts, so every
     sample is used once per epoch and the global minibatch is the union of the
     parts. A part that would be empty (a rank with less data than M) is one
-    padding sample masked out through `sample_mask_key`. Skipping a non-finite
+    padding sample masked out through `sample_mask_key`. The effective batch's
+    statistics are global (all ranks' parts of the group). Skipping a non-finite
     loss is decided across ranks (any rank non-finite -> all skip), and the
     returned metrics are averaged over ranks.
     """
@@ -388,18 +404,25 @@ def update_policy(
     if epochs < 1 or minibatch_size < 1 or grad_accum_steps < 1:
         raise ValueError(f"epochs, minibatch_size and grad_accum_steps must be >= 1, got {epochs}, {minibatch_size}, {grad_accum_steps}.")
     template = _padding_sample(buffer, sizes, rank) if ddp else None
+    inner = loss_module.module if ddp else loss_module
+    shares_from_loss = hasattr(inner, "effective_batch") and hasattr(inner, "use_effective_batch")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sums: dict[str, float] = defaultdict(float)
     counted = 0
     steps = skipped = 0
     grad_norms: list[float] = []
-    pending = 0
+    step_losses: list[float] = []
+    loss_key = "loss"
     optimizer.zero_grad(set_to_none=True)
 
-    def _step() -> None:
-        nonlocal steps, skipped, pending
+    def _step(rescale: float) -> None:
+        nonlocal steps, skipped
         if scaler is not None:
             scaler.unscale_(optimizer)
+        if rescale != 1.0:  # a skipped micro-batch: the kept ones' gradient is the mean over the kept samples
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(rescale)
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else math.inf)
         if not torch.isfinite(norm):
             skipped += 1
@@ -421,7 +444,6 @@ def update_policy(
             optimizer.zero_grad(set_to_none=True)
             if step_callback is not None:
                 step_callback(True)
-        pending = 0
 
     def _minibatches() -> Iterator[TensorDictBase]:
         order = torch.randperm(n, generator=generator)
@@ -441,41 +463,75 @@ def update_policy(
             pad.set(sample_mask_key, torch.zeros(1, dtype=torch.bool))
             yield pad
 
-    for _ in range(epochs):
+    def _groups() -> Iterator[list[TensorDictBase]]:
+        group: list[TensorDictBase] = []
         for batch in _minibatches():
-            if device is not None:
-                batch = batch.to(device)
-            autocast = torch.autocast(device_type=torch.device(device or "cpu").type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-            with autocast:
-                out = loss_module(batch)
-            loss = out["loss_ript_cfg"] if "loss_ript_cfg" in out.keys() else sum(v for k, v in out.items() if k.startswith("loss"))
-            finite = bool(torch.isfinite(loss))
-            if ddp:  # all ranks must agree, or one backward (and its gradient all-reduce) would be missing
-                finite = bool(_all_reduce(torch.tensor([0.0 if finite else 1.0], dtype=torch.float64))[0] == 0)
-            if not finite:
-                skipped += 1
-                if step_callback is not None:
-                    step_callback(False)
-                continue
-            scaled = loss / grad_accum_steps
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            pending += 1
-            for key, value in out.items():
-                sums[key] += float(value.detach())
-            counted += 1
-            if pending == grad_accum_steps:
-                _step()
-    if pending:
-        _step()
+            group.append(batch)
+            if len(group) == grad_accum_steps:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def _counts(group: list[TensorDictBase]) -> list[float]:
+        """Samples per micro-batch for a plain mean loss (padding excluded; this rank only)."""
+        out = []
+        for b in group:
+            mask = b.get(sample_mask_key, None)
+            out.append(float(b.numel() if mask is None else mask.sum()))
+        return out
+
+    for _ in range(epochs):
+        for group in _groups():
+            if shares_from_loss:
+                stats = inner.effective_batch(group)
+                counts = list(stats.main_counts)
+                context = functools.partial(inner.use_effective_batch, stats)
+            else:
+                counts = _counts(group)
+                context = contextlib.nullcontext
+            total = sum(counts)
+            kept_count, group_loss, kept = 0.0, 0.0, 0
+            for batch, count in zip(group, counts):
+                if device is not None:
+                    batch = batch.to(device)
+                autocast = torch.autocast(device_type=torch.device(device or "cpu").type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+                with autocast, context():
+                    out = loss_module(batch)
+                loss_key = "loss_ript_cfg" if "loss_ript_cfg" in out.keys() else "loss"
+                loss = out["loss_ript_cfg"] if "loss_ript_cfg" in out.keys() else sum(v for k, v in out.items() if k.startswith("loss"))
+                finite = bool(torch.isfinite(loss))
+                if ddp:  # all ranks must agree, or one backward (and its gradient all-reduce) would be missing
+                    finite = bool(_all_reduce(torch.tensor([0.0 if finite else 1.0], dtype=torch.float64))[0] == 0)
+                if not finite:
+                    skipped += 1
+                    if step_callback is not None:
+                        step_callback(False)
+                    continue
+                scaled = loss if shares_from_loss else loss * (count / max(total, 1.0))
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                kept += 1
+                kept_count += count
+                group_loss += float(scaled.detach())
+                for key, value in out.items():
+                    if key != loss_key:
+                        sums[key] += float(value.detach())
+                counted += 1
+            if kept:
+                rescale = total / kept_count if 0 < kept_count < total else 1.0
+                step_losses.append(group_loss * rescale)
+                _step(rescale)
     metrics = {key: value / max(counted, 1) for key, value in sums.items()}
-    if ddp and metrics:  # the loss outputs averaged over ranks (the loss itself: the global minibatch loss)
+    if step_losses:
+        metrics[loss_key] = sum(step_losses) / len(step_losses)
+    if ddp and metrics:  # the loss outputs averaged over ranks (the loss itself: the global effective batch's loss)
         keys = sorted(metrics)
         reduced = _all_reduce(torch.tensor([metrics[k] for k in keys], dtype=torch.float64)) / world
         metrics = dict(zip(keys, reduced.tolist()))
     metrics.update(
         optimizer_steps=steps,
         skipped_nonfinite=skipped,
-        grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
+        grad_norm_preclip=sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
         lr=optimizer.param_groups[0]["lr"],
     )
     return metrics

@@ -105,6 +105,7 @@ class ToyConfig:
     frames_per_batch: int = 64
     epochs: int = 10
     minibatch_size: int = 64
+    grad_accum_steps: int = 1  # minibatches per optimizer step (the effective batch: minibatch_size x this)
     lr: float = 1e-3
     temperature: float = 1.0
     w_max: float = 20.0
@@ -284,7 +285,7 @@ def run(mode: str, seed: int, cfg: ToyConfig, log: bool = True) -> dict:
         curve.append(stats["success_rate"])
         metrics = {}
         if refill_replay_buffer(buffer, data):
-            metrics = update_policy(loss_module, buffer, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size, generator=gen)
+            metrics = update_policy(loss_module, buffer, optimizer, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size, grad_accum_steps=cfg.grad_accum_steps, generator=gen)
         if log:
             print(f"[{mode} seed {seed}] it {it:2d} success {stats['success_rate']:.3f} kept {stats['kept_groups']:2d} "
                   f"dropped {stats['dropped_groups']:2d} steps {stats['kept_steps']:4d} fm {metrics.get('fm_loss_mean', float('nan')):.4f} "
@@ -312,11 +313,14 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=None, help="AWR temperature (weighted mode)")
     parser.add_argument("--keep-uniform", action="store_true", default=None, help="keep all-success / all-failure groups (no dynamic sampling)")
     parser.add_argument("--anchor", type=float, default=None, help="anchor_coef towards the BC start (frozen copy)")
+    parser.add_argument("--minibatch-size", type=int, default=None, help="samples per forward/backward (default 64)")
+    parser.add_argument("--grad-accum-steps", type=int, default=None, help="minibatches accumulated per optimizer step (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/out/learning_toy (mlp) or benchmarks/out/learning_toy_pi0")
     args = parser.parse_args()
     overrides = {k: v for k, v in dict(iterations=args.iterations, lr=args.lr,
                                        epochs=args.epochs, temperature=args.temperature,
-                                       keep_uniform=args.keep_uniform, anchor=args.anchor).items() if v is not None}
+                                       keep_uniform=args.keep_uniform, anchor=args.anchor,
+                                       minibatch_size=args.minibatch_size, grad_accum_steps=args.grad_accum_steps).items() if v is not None}
     cfg = ToyConfig(**overrides) if args.policy == "mlp" else pi0_config(**overrides)
     if args.out is None:
         args.out = Path("benchmarks/out/learning_toy" if args.policy == "mlp" else "benchmarks/out/learning_toy_pi0")

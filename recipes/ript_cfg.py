@@ -121,7 +121,11 @@ def resolve_output_dir(cfg: RIPTConfig) -> Path:
 
 
 def csv_columns(cfg: RIPTConfig) -> list[str]:
-    """Every metric an iteration may log, so the CSV's columns never change mid-run."""
+    """Every metric an iteration may log, so the CSV's columns never change mid-run.
+
+    optim/grad_norm_preclip: the mean over the iteration's optimizer steps of the gradient
+    norm before clipping to optim.max_grad_norm (the applied step is at most that norm).
+    """
     per_task = [f"{split}/success_rate_task{t}" for split in ("train", "eval") for t in cfg.env.tasks]
     return [
         "train/success_rate", "train/episodes", "eval/success_rate", "eval/episodes", *per_task,
@@ -129,7 +133,7 @@ def csv_columns(cfg: RIPTConfig) -> list[str]:
         "data/trained_steps", "data/upsampled_steps",
         "loss/total", "loss/fm_mean", "loss/weight_mean", "loss/weight_max", "loss/frac_positive", "loss/anchor",
         "policy/spread_after_update", "policy/noise_scale",
-        "optim/grad_norm", "optim/lr", "optim/steps", "optim/skipped_nonfinite",
+        "optim/grad_norm_preclip", "optim/lr", "optim/steps", "optim/skipped_nonfinite",
         "time/collect_s", "time/buffer_s", "time/update_s", "time/eval_s", "time/iteration_s",
         "perf/env_steps_per_s", "mem/rss_gib", "mem/gpu_peak_gib", "mem/gpu_reserved_gib",
         "faults/env_faults", "faults/env_restarts", "faults/groups_discarded", "optim/nonfinite_streak", "sampling/mastered_contexts",
@@ -491,7 +495,7 @@ def _run(
                         "loss/weight_max": upd.get("weight_max", float("nan")),
                         "loss/frac_positive": upd.get("frac_positive", float("nan")),
                         "loss/anchor": upd.get("anchor_loss", float("nan")),  # 0 unless algo.anchor_coef > 0
-                        "optim/grad_norm": upd["grad_norm"],
+                        "optim/grad_norm_preclip": upd["grad_norm_preclip"],
                         "optim/steps": upd["optimizer_steps"],
                         "optim/skipped_nonfinite": upd["skipped_nonfinite"],
                     })

@@ -115,8 +115,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     epochs: int = 1
     minibatch_size: int = 8
-    grad_accum_steps: int = 1
-    max_grad_norm: float = 1.0
+    grad_accum_steps: int = 1  # minibatches per optimizer step; the step equals one on their union (weights' statistics included)
+    max_grad_norm: float = 1.0  # the step's gradient is clipped to this norm (optim/grad_norm_preclip logs it before clipping)
     schedule: str = "constant"  # constant | cosine | wsd (constant, then linear decay over the last decay_steps)
     warmup_steps: int = 0  # optimizer steps of linear warm-up
     decay_steps: int = 0  # wsd: optimizer steps of the final linear decay

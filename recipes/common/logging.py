@@ -36,7 +36,7 @@ SUMMARY_KEYS = {
     "groups/kept": "kept",
     "groups/dropped": "dropped",
     "loss/total": "loss",
-    "optim/grad_norm": "grad_norm",
+    "optim/grad_norm_preclip": "grad_norm_preclip",
     "optim/lr": "lr",
     "eval/success_rate": "eval_success",
     "time/iteration_s": "s",

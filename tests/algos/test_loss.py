@@ -95,7 +95,16 @@ def test_set_keys_and_bad_input():
     with pytest.raises(KeyError, match="set_keys"):
         loss(td)
     loss.set_keys(advantage="adv")
-    assert torch.isfinite(loss(td)["loss_ript_cfg"])
+    # moved entries give the loss of the default keys: same seed, so the same flow-matching noise and time draws
+    loss.set_keys(action_chunk="chunk")
+    default = td.clone().rename_key_("adv", "advantage")
+    torch.manual_seed(7)
+    moved = loss(td.clone().rename_key_("action_chunk", "chunk"))["loss_ript_cfg"]
+    torch.manual_seed(7)
+    assert torch.equal(moved, RIPTCFGLoss(p)(default)["loss_ript_cfg"])
+    torch.manual_seed(8)
+    assert not torch.equal(moved, RIPTCFGLoss(p)(default)["loss_ript_cfg"])  # the draws matter: the seed is what makes them equal
+    loss.set_keys(action_chunk="action_chunk")
     td["adv"][0] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf"):
         loss(td)

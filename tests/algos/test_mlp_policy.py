@@ -65,6 +65,23 @@ def test_guidance_zero_is_unconditional_and_labels_start_identical():
     assert not torch.allclose(guided, uncond)
 
 
+def test_one_step_guidance_follows_the_cfg_formula():
+    """One Euler step from t=1: a(w) = noise - v_u - w (v_pos - v_u) = a(0) + w (a(1) - a(0)), velocities taken directly."""
+    from ript.algos.policy import POSITIVE, UNCONDITIONAL
+
+    p = _policy()
+    with torch.no_grad():
+        p.label_embed.weight.normal_()  # both labels differ from the zero-initialised start
+    td, noise = _td(), torch.randn(5, 3, 2)
+    obs, t1 = td["observation", "state"], torch.ones(5)
+    with torch.no_grad():
+        a_u = noise - p.velocity(obs, noise, t1, torch.full((5,), UNCONDITIONAL))
+        a_p = noise - p.velocity(obs, noise, t1, torch.full((5,), POSITIVE))
+    assert (a_p - a_u).abs().max() > 1e-2
+    for w in (0.0, 1.0, 2.5, -0.5):
+        torch.testing.assert_close(p.sample_actions(td, noise=noise, guidance=w, num_steps=1), a_u + w * (a_p - a_u), rtol=1e-5, atol=1e-6)
+
+
 def test_bad_input():
     p = _policy(supports_cfg=False)
     with pytest.raises(ValueError, match="supports_cfg"):

@@ -178,6 +178,22 @@ def test_cfg_zero_init_and_guidance_zero_equals_unconditional(cfg_actor):
         cfg_actor.per_sample_loss(td, optimality=torch.full((B,), 3))
 
 
+def test_one_step_guidance_follows_the_cfg_formula(cfg_actor):
+    """One Euler step: a(w) = a(0) + w (a(1) - a(0)) for w off {0, 1}, a(1) being the positive-label sample."""
+    obs = obs_td()
+    noise, _ = fixed_noise_time()
+    with torch.no_grad():
+        cfg_actor.label_embed.weight[1].normal_()
+    try:
+        a = {w: cfg_actor.sample_actions(obs, noise=noise, guidance=w, num_steps=1) for w in (0.0, 1.0, 2.5, -0.5)}
+    finally:
+        with torch.no_grad():
+            cfg_actor.label_embed.weight.zero_()
+    assert (a[1.0] - a[0.0]).abs().max() > 1e-3
+    for w in (2.5, -0.5):
+        torch.testing.assert_close(a[w], a[0.0] + w * (a[1.0] - a[0.0]), rtol=1e-4, atol=1e-5)
+
+
 def test_save_load_round_trip_with_lerobot_from_pretrained(cfg_actor, tmp_path):
     obs = obs_td()
     noise = torch.randn(B, CHUNK, 32)

@@ -8,7 +8,7 @@ import torch
 from torchrl.envs.utils import check_env_specs
 
 from ript.envs import LiberoEnv, keys, make_libero_env, push_contexts
-from ript.envs.libero_env import SETTLE_ACTION, SUITE_MAX_STEPS, SUITES, get_suite, load_init_states, resolve_task_id
+from ript.envs.libero_env import SETTLE_ACTION, SUITE_MAX_STEPS, SUITES, LiberoSimulator, get_suite, load_init_states, resolve_task_id
 
 OBS_KEYS = [keys.AGENTVIEW_IMAGE, keys.EYE_IN_HAND_IMAGE, keys.EEF_POS, keys.EEF_QUAT, keys.GRIPPER_QPOS]
 
@@ -34,7 +34,16 @@ def test_every_suite_resolves_tasks_and_init_states(suite):
     assert resolve_task_id(s, s.get_task(last).language) == last
     states = load_init_states(s, last)
     assert states.ndim == 2 and len(states) >= 50
-    assert SUITE_MAX_STEPS[suite] in (220, 280, 300, 520, 400)
+    # openpi's evaluation protocol, written out here independently of the code's table
+    assert SUITE_MAX_STEPS[suite] == {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}[suite]
+
+
+def test_unset_max_steps_takes_the_suites_episode_length():
+    sim = LiberoSimulator("libero_spatial", 0, camera_size=32, wrist_camera=False)
+    try:
+        assert sim.max_steps == 220
+    finally:
+        sim.close()
 
 
 def test_reset_observation_schema(object_env):

@@ -58,7 +58,11 @@ def test_from_openpi_json_reads_modes_and_padded_stats(tmp_path):
     x = torch.randn(8)
     manual = 2 * (x - ns.state_q01[:8]) / (ns.state_q99[:8] - ns.state_q01[:8]) - 1
     assert torch.allclose(ns.normalize_state(x), manual, atol=1e-6)
-    assert ns.with_mode("mean_std").normalize_state(x).shape == (8,)
+    st = data["norm_stats"]["state"]
+    mean, std = torch.tensor(st["mean"])[:8], torch.tensor(st["std"])[:8]  # from the file, not from ns
+    ms = ns.with_mode("mean_std")
+    assert torch.allclose(ms.normalize_state(x), (x - mean) / (std + ns.eps), atol=1e-6)
+    assert torch.allclose(ns.normalize_state(x), manual, atol=1e-6)  # the original keeps its mode
 
 
 @pytest.mark.parametrize(

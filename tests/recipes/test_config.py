@@ -164,3 +164,14 @@ def test_cli_rejects_bad_config_and_leaves_outputs_untouched(tmp_path: Path, arg
     assert "Traceback" not in res.stderr
     assert sorted(p.name for p in out.iterdir()) == before
     assert sentinel.read_text() == "iteration\n1\n"
+
+
+@pytest.mark.parametrize("suite,length", [("libero_spatial", 220), ("libero_object", 280), ("libero_goal", 300), ("libero_10", 520), ("libero_90", 400)])
+def test_unset_max_steps_gives_the_suites_decision_steps(suite: str, length: int) -> None:
+    """env.max_steps null: openpi's per-suite episode length, in chunks of n_action_steps (rounded up)."""
+    from ript.recipes.common.factories import max_decision_steps
+
+    cfg = load_config("rl_training", [f"env.suite={suite}", "env.max_steps=null", "policy.n_action_steps=7"])
+    assert cfg.env.max_steps is None
+    assert max_decision_steps(cfg) == -(-length // 7)
+    assert max_decision_steps(load_config("rl_training", [f"env.suite={suite}", "env.max_steps=70", "policy.n_action_steps=7"])) == 10

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -44,3 +45,46 @@ def test_train_resume_and_evaluate_on_libero(tmp_path: Path) -> None:
     saved = (run / "config.yaml").read_text()
     assert "fixture_placement: pinned" in saved and "fixture_placement: upstream" in saved
     assert (out / "videos" / "libero_object_task1.mp4").stat().st_size > 0
+
+
+def _weights_and_optimizer(ckpt: Path) -> tuple[dict, dict]:
+    from safetensors.torch import load_file
+
+    return load_file(ckpt / "policy" / "model.safetensors"), torch.load(ckpt / "trainer.pt", weights_only=False)["optimizer"]
+
+
+def _assert_same_tree(a, b, where: str = "") -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_tree(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tree(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+@pytest.mark.slow
+def test_libero_resume_is_exact(tmp_path: Path) -> None:
+    """One iteration + a resume for the second == two iterations in one go: bitwise policy weights and optimizer state.
+
+    The anchor on every state (uniform groups kept) makes both iterations update even when
+    short episodes all fail, so the comparison is never between two untouched policies."""
+    short = ["env.max_steps=20", "env.num_envs=2", "algo.group_size=2", "algo.max_context_draws=2", "eval.episodes=1",
+             "eval.every=100", "logging.video_every=0", "logging.progress=false", "algo.anchor_coef=0.5",
+             "algo.anchor_all_states=true", "checkpoint.keep_last=5", "optim.minibatch_size=2"]  # fmt: skip
+    one = ript_cfg.main([*short, f"logging.output_dir={tmp_path / 'one'}", "train.iterations=2"])
+    ript_cfg.main([*short, f"logging.output_dir={tmp_path / 'two'}", "train.iterations=1"])
+    two = ript_cfg.main([*short, f"logging.output_dir={tmp_path / 'two'}", "train.iterations=2", "checkpoint.resume=auto"])
+    assert one["last_checkpoint"].name == two["last_checkpoint"].name == "iter_000002"
+    w_one, opt_one = _weights_and_optimizer(one["last_checkpoint"])
+    w_two, opt_two = _weights_and_optimizer(two["last_checkpoint"])
+    _assert_same_tree(w_one, w_two, "policy")
+    _assert_same_tree(opt_one, opt_two, "optimizer")
+    assert opt_one["state"], "no optimizer step was taken"
+    w_first, _ = _weights_and_optimizer(tmp_path / "two" / "checkpoints" / "iter_000001")
+    assert any(not torch.equal(w_first[k], w_one[k]) for k in w_one)  # the second iteration changed the policy

@@ -59,13 +59,23 @@ def test_existing_run_is_not_overwritten_and_bad_resume_is_one_line(tmp_path: Pa
     assert info.value.code == 2
 
 
-@pytest.mark.parametrize("all_states", ["false", "true"])
-def test_reference_anchor_runs_and_is_logged(tmp_path: Path, all_states: str) -> None:
-    out = main(["--config-name", "toy", f"logging.output_dir={tmp_path / 'a'}", "train.iterations=2", "algo.anchor_coef=0.5",
-                f"algo.anchor_all_states={all_states}"])
-    rows = list(csv.DictReader(open(out["metrics_csv"])))
-    anchors = [float(r["loss/anchor"]) for r in rows if r.get("loss/anchor")]
-    assert len(anchors) == 2 and all(a > 0 for a in anchors)
+def test_reference_anchor_runs_and_anchor_all_states_covers_the_uniform_groups(tmp_path: Path) -> None:
+    """Same seed, same first collection: without the flag the anchor covers the kept groups' steps only; with it, also the
+    steps of the groups dynamic sampling drops (all rollouts agreed)."""
+    rows = {}
+    for all_states in ("false", "true"):
+        out = main(["--config-name", "toy", f"logging.output_dir={tmp_path / all_states}", "train.iterations=2", "algo.anchor_coef=0.5",
+                    f"algo.anchor_all_states={all_states}"])  # fmt: skip
+        rows[all_states] = list(csv.DictReader(open(out["metrics_csv"])))
+        anchors = [float(r["loss/anchor"]) for r in rows[all_states] if r.get("loss/anchor")]
+        assert len(anchors) == 2 and all(a > 0 for a in anchors)
+    off, on = rows["false"][0], rows["true"][0]
+    for key in ("data/env_frames", "groups/kept", "groups/dropped", "data/decision_steps"):  # the same collection
+        assert off[key] == on[key], key
+    assert int(off["groups/dropped"]) >= 1  # a uniform group exists to widen the anchor with
+    assert int(off["data/trained_steps"]) == int(off["data/decision_steps"])  # the kept groups' steps
+    assert int(on["data/trained_steps"]) > int(on["data/decision_steps"])  # plus the dropped groups' steps, for the anchor
+    assert float(on["loss/anchor"]) != float(off["loss/anchor"])
 
 
 def test_relabelled_targets_train_and_differ_from_acted_chunks(tmp_path: Path) -> None:
@@ -149,3 +159,31 @@ def test_step_window_trains_on_recent_iterations_with_tasks_balanced(tmp_path: P
     assert int(last["data/trained_steps"]) == sum(window) + int(last["data/upsampled_steps"])
     assert any(int(r["data/upsampled_steps"]) > 0 for r in rows)  # the tasks' kept counts differed somewhere
     assert any(int(r["data/trained_steps"]) > int(r["data/decision_steps"]) for r in rows[1:])
+
+
+def test_early_stopping_stops_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Evaluations 0.25, 0.5, 0.5, 0.25 with patience 2: the run stops after iteration 4 of 8, best stays on iteration 2."""
+    import json
+
+    recipe = sys.modules[main.__module__]
+    scripted = iter([0.25, 0.5, 0.5, 0.25, 1.0, 1.0, 1.0, 1.0])  # the real evaluation runs; its success rate is replaced
+    real = recipe.evaluate_all_ranks
+
+    def scripted_eval(*args, **kwargs):
+        metrics, videos = real(*args, **kwargs)
+        return {**metrics, "eval/success_rate": next(scripted)}, videos
+
+    monkeypatch.setattr(recipe, "evaluate_all_ranks", scripted_eval)
+    out = tmp_path / "run"
+    summary = main(["--config-name", "toy", f"logging.output_dir={out}", "train.iterations=8", "eval.every=1",
+                    "early_stopping.patience=2", "checkpoint.every=3"])  # fmt: skip
+    assert summary["iterations"] == 4
+    reason = "early stop: no eval improvement > 0.0 in 2 evaluations"
+    assert summary["stopped"] == reason
+    assert f"run {reason} after 4 iterations" in capsys.readouterr().out
+    assert summary["best_checkpoint"].name == "iter_000002"
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert best["iteration"] == 2 and best["metrics"]["eval/success_rate"] == 0.5
+    assert summary["last_checkpoint"].name == "iter_000004"  # the stopping iteration is saved though every=3
+    rows = list(csv.DictReader(open(summary["metrics_csv"])))
+    assert [float(r["eval/success_rate"]) for r in rows] == [0.25, 0.5, 0.5, 0.25]
