@@ -30,8 +30,8 @@ share of the loss even at a low temperature: the update imitates them. Measured 
 LIBERO (tiny PI0, held-out libero_spatial): six updates on expert steps alone kept
 success at 0.60 (start 0.58); the same updates with the policy's own failed steps
 beside the expert steps took it to 0.24. With failures out (and demos replayed,
-lr 1e-5) a 36-minute LIBERO run raised the mean success by 0.10, the first run that did
-(benchmarks/results/learning_libero_runs.md, run K).
+lr 1e-5) a 36-minute LIBERO run raised the mean success by 0.10
+(benchmarks/results/learning_libero_runs.md).
 
 `cfg` (CFGRL, Frans et al. 2025): each sample gets the optimality label
 POSITIVE if A > 0 else NEGATIVE, replaced by UNCONDITIONAL with probability

@@ -250,10 +250,9 @@ def match_action_spread(policy: FlowMatchingPolicy, probe: TensorDictBase, unit_
     """Set `policy.noise_scale` so that the action spread on `probe` equals `target`; returns the spread (found, reached).
 
     Why: fitting a flow policy to its own rollouts narrows it (one sampled chunk per observation, fitted for
-    several minibatches), and a narrow policy may stop finding the successes its groups need: on LIBERO the
-    policy after run H scored 0.00/0.16/0.32, and 0.6/0.2/0.6 on 10 held-out episodes per task once its noise was
-    widened 1.55x (the README has the 50-episode check; run I held the spread and still fell, so narrowing is not
-    the whole story). Holding the spread is the flow-policy analogue of an entropy target (SAC): flow policies
+    several minibatches), and a narrow policy may stop finding the successes its groups need; widening the
+    acting noise of a narrowed policy recovered much of its success on LIBERO (benchmarks/results/learning_libero_runs.md
+    has the measurements, and shows narrowing is not the whole story). Holding the spread is the flow-policy analogue of an entropy target (SAC): flow policies
     have no entropy in closed form, the std of samples from fixed noise stands in. The spread is close to
     proportional to the noise scale, so a few multiplicative corrections reach the target.
     """

@@ -69,7 +69,7 @@ DEFAULT_CHECKPOINT = "configs/pretrained/tiny_pi0_libero"
 
 @dataclass
 class LearnConfig:
-    """Defaults are run X's settings (README): successes only, a weight-averaged acting policy, own successes kept
+    """Defaults are the settings of the README's LIBERO result: successes only, a weight-averaged acting policy, own successes kept
     over 10 iterations with each task given an equal share, every cloned demo replayed each iteration."""
 
     checkpoint: str = DEFAULT_CHECKPOINT
