@@ -1,7 +1,7 @@
 """Pinned against upstream fixture placement: success and the spread of outcomes within groups.
 
-    python benchmarks/fixture_placement.py --modes pinned        # one process per mode, each with one simulator
-    python benchmarks/fixture_placement.py --modes upstream
+    python benchmarks/fixture_placement.py --modes pinned --tasks libero_goal:8     # one process per (mode, task)
+    python benchmarks/fixture_placement.py --modes upstream --tasks libero_goal:8
     python benchmarks/fixture_placement.py --summarise            # rewrite the JSON + markdown from what finished
 
 The shipped policy (configs/pretrained/tiny_pi0_libero) on each of its tasks, held-out
@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if not 2 <= args.group_size <= args.repeats:
         parser.error(f"--group-size must be in [2, --repeats={args.repeats}]")
+    if not args.summarise and (args.tasks is None or len(args.tasks) != 1):
+        # a task evaluated after another task's simulator closed in the same process scored far lower
+        # (libero_spatial 2: 0/35 against 9/35 alone): one simulator per process until that is understood
+        parser.error("evaluate one task per process: pass one --tasks suite:task (--summarise reads them all)")
     ckpt = Path(resolve_repo_path(args.checkpoint))
     bc = read_bc_config(ckpt)
     tasks = args.tasks or list(bc["tasks"])
