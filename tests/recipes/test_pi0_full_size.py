@@ -1,7 +1,7 @@
 """benchmarks/pi0_full_size.py end to end: build from a config, save as a lerobot checkpoint, reload with
 lerobot's own loader (same actions for the same noise), recipe on LIBERO with and without gradient
 checkpointing (decision steps and one update step each). Tiny sizes: minutes; lerobot's real sizes:
-about 17 GiB of RAM and tens of minutes on a CPU (not for CI, but it must pass when run)."""
+about 17 GiB of RAM and tens of minutes on a CPU: not in the default run (`pytest -m real_size`), but it must pass when run."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_tiny_pi0_through_the_real_size_path(import_benchmark, tmp_path) -> None
     assert results["build"]["params_total"] > 257152 * 64  # the real vocabulary, at tiny width
 
 
-@pytest.mark.slow
+@pytest.mark.real_size
 def test_real_size_pi0_on_cpu(import_benchmark, tmp_path) -> None:
     """lerobot's gemma_2b + gemma_300m: about 4.0 B parameters, from a config alone."""
     bench = import_benchmark("pi0_full_size")
