@@ -171,7 +171,7 @@ def test_unset_max_steps_gives_the_suites_decision_steps(suite: str, length: int
     """env.max_steps null: openpi's per-suite episode length, in chunks of n_action_steps (rounded up)."""
     from ript.recipes.common.factories import max_decision_steps
 
-    cfg = load_config("rl_training", [f"env.suite={suite}", "env.max_steps=null", "policy.n_action_steps=7"])
+    cfg = load_config("quick_test", [f"env.suite={suite}", "env.max_steps=null", "policy.n_action_steps=7"])
     assert cfg.env.max_steps is None
     assert max_decision_steps(cfg) == -(-length // 7)
-    assert max_decision_steps(load_config("rl_training", [f"env.suite={suite}", "env.max_steps=70", "policy.n_action_steps=7"])) == 10
+    assert max_decision_steps(load_config("quick_test", [f"env.suite={suite}", "env.max_steps=70", "policy.n_action_steps=7"])) == 10
