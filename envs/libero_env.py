@@ -65,15 +65,23 @@ _SYNC_REFERENCE = "robot0_eef_pos"  # an always-enabled observable whose samplin
 FIXTURE_PLACEMENTS = ("pinned", "upstream")
 
 
-def _import_libero():
-    """Import LIBERO after making its config and assets ready; name the set-up step on failure."""
+def _libero_benchmark():
+    """LIBERO's benchmark registry (no simulator import) after making its config and assets ready."""
     from ript.envs.install_assets import ensure_libero_ready
 
     try:
         ensure_libero_ready()
     except RuntimeError as err:
         raise RuntimeError(f"{err} (or: python -m ript.envs.install_assets)") from err
-    from libero.libero import benchmark, get_libero_path
+    from libero.libero import benchmark
+
+    return benchmark
+
+
+def _import_libero():
+    """The registry, LIBERO's paths and its simulator env class; names the set-up step on failure."""
+    benchmark = _libero_benchmark()
+    from libero.libero import get_libero_path
     from libero.libero.envs import OffScreenRenderEnv
 
     return benchmark, get_libero_path, OffScreenRenderEnv
@@ -83,8 +91,7 @@ def get_suite(suite: str):
     """The LIBERO benchmark object for `suite`; unknown names list the valid ones."""
     if suite not in SUITES:
         raise ValueError(f"unknown LIBERO suite {suite!r}: use one of {list(SUITES)}")
-    benchmark, _, _ = _import_libero()
-    return benchmark.get_benchmark_dict()[suite]()
+    return _libero_benchmark().get_benchmark_dict()[suite]()
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,15 +101,8 @@ def suite_sizes(suite: str) -> tuple[int, ...]:
     Read from LIBERO's benchmark registry and init-state files without importing the
     simulator (robosuite) or building one, so configs can be checked before any work.
     """
-    if suite not in SUITES:
-        raise ValueError(f"unknown LIBERO suite {suite!r}: use one of {list(SUITES)}")
-    from ript.envs.install_assets import ensure_libero_ready
-
-    ensure_libero_ready()
-    from libero.libero import benchmark
-
     with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints its task order: keep a config error to one line
-        suite_obj = benchmark.get_benchmark_dict()[suite]()
+        suite_obj = get_suite(suite)
     return tuple(len(suite_obj.get_task_init_states(i)) for i in range(suite_obj.n_tasks))
 
 
