@@ -2,7 +2,8 @@
 
 RIPT spends rollouts where they teach something. A context whose most recent
 group of K rollouts all succeeded is mastered and skipped (RIPT's rule: it
-would be dropped by dynamic sampling anyway). With `strategy="curriculum"`,
+would be dropped by dynamic sampling anyway). With `strategy="balanced"`, each
+cycle of T draws holds every task once, so a round splits evenly over tasks. With `strategy="curriculum"`,
 tasks are also drawn with weight
 
     w_task = exp(-(s_task - target)^2 / (2 * width^2))
@@ -38,8 +39,8 @@ class ContextSampler:
         history: int = 32,
         seed: int = 0,
     ) -> None:
-        if strategy not in ("uniform", "curriculum"):
-            raise ValueError(f"sampling.strategy={strategy!r} is unknown: use 'uniform' or 'curriculum'")
+        if strategy not in ("uniform", "balanced", "curriculum"):
+            raise ValueError(f"sampling.strategy={strategy!r} is unknown: use 'uniform', 'balanced' or 'curriculum'")
         if not contexts:
             raise ValueError("no contexts to sample from: configure at least one task with one init state")
         if not 0.0 <= success_rate_target <= 1.0:
@@ -69,7 +70,7 @@ class ContextSampler:
 
     # -- drawing -------------------------------------------------------------------------------
     def _task_weight(self, task_id: int) -> float:
-        if self.strategy == "uniform":
+        if self.strategy != "curriculum":
             return 1.0
         rate = self.task_success_rate(task_id)
         gap = 0.0 if rate is None else rate - self.target
@@ -84,8 +85,13 @@ class ContextSampler:
         tasks = sorted(by_task)
         weights = [self._task_weight(t) for t in tasks]
         out = []
+        order: list[int] = []
         for _ in range(n):
-            task = self.rng.choices(tasks, weights=weights, k=1)[0]
+            if self.strategy == "balanced":  # every task once per cycle, in a fresh random order
+                order = order or self.rng.sample(tasks, len(tasks))
+                task = order.pop()
+            else:
+                task = self.rng.choices(tasks, weights=weights, k=1)[0]
             out.append(self.rng.choice(by_task[task]))
         return out
 

@@ -5,7 +5,7 @@
     python benchmarks/fixture_placement.py --summarise            # rewrite the JSON + markdown from what finished
 
 The shipped policy (configs/pretrained/tiny_pi0_libero) on each of its tasks, held-out
-init states x repeats, through the evaluator learning_libero uses (`TaskWorkers`, one
+init states x repeats, through the trainer's evaluator (`TaskWorkers`, one
 in-process simulator per task here). Every (mode, task, init state) unit is saved under
 --parts as it finishes, with the torch seed derived from (seed, task, init state), so a
 killed run resumes where it stopped and both modes act with the same policy noise.
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         start = time.perf_counter()
                         torch.manual_seed(args.seed * 1_000_003 + zlib.crc32(task.encode()) + s)  # same noise in both modes
                         results = runner.evaluate_episodes([s], args.repeats)
-                        outcomes = [o for _, _, oks in results.values() for o in oks]
+                        outcomes = [r.success for r in results]
                         write_json_atomic(parts / f"{mode}__{task.replace(':', '_')}__{s}.json",
                                           {"mode": mode, "task": task, "init_state": s, "outcomes": outcomes})
                         print(f"{mode} {task} init {s}: {sum(outcomes)}/{len(outcomes)} ({time.perf_counter() - start:.0f}s)", flush=True)

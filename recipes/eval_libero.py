@@ -15,10 +15,10 @@ name the fixture placement), episodes.csv, and videos/<suite>_task<k>.mp4.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 if __package__ in (None, ""):
@@ -26,14 +26,14 @@ if __package__ in (None, ""):
 
 import torch
 
+from ript.envs.libero_env import get_suite, suite_sizes
 from ript.recipes.common.config import ConfigError, RIPTConfig, main_config, to_yaml
 from ript.recipes.common.eval_table import EpisodeResult, write_episodes_csv, write_tables
-from ript.recipes.common.evaluation import evaluate
-from ript.recipes.common.factories import make_env, make_policy
+from ript.algos.evaluation import eval_schedule, evaluate_contexts
+from ript.algos.group_collection import GroupCollector
+from ript.recipes.common.factories import make_collector, make_env, make_policy, worker_layout
 from ript.recipes.common.preflight import PreflightError, check_libero_contexts, run_preflight
-from ript.recipes.common.video import tile_episodes, write_mp4
-
-SUITE_TASKS = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
+from ript.recipes.common.video import episode_frames, tile_episodes, write_mp4
 
 
 def split_shorthands(argv: list[str]) -> tuple[list[str], list[str] | None, list[int] | None, str | None]:
@@ -56,30 +56,37 @@ def split_shorthands(argv: list[str]) -> tuple[list[str], list[str] | None, list
 
 
 def evaluate_checkpoint(cfg: RIPTConfig, suites: list[str], tasks: list[int] | None, out_dir: Path, *, max_steps_given: bool) -> list[EpisodeResult]:
-    """Evaluate cfg.policy on each suite; write the tables and videos under out_dir."""
+    """Evaluate cfg.policy on each suite, task by task, with the trainer's evaluator; videos under out_dir."""
     device = torch.device("cuda" if cfg.train.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.train.device == "auto" else cfg.train.device))
     policy = make_policy(cfg, device)
     results: list[EpisodeResult] = []
     for suite in suites:
-        if suite not in SUITE_TASKS:
-            raise ConfigError(f"suite={suite} is unknown: use one of {list(SUITE_TASKS)}")
         cfg.env.suite = suite
-        cfg.env.tasks = tasks if tasks is not None else list(range(SUITE_TASKS[suite]))
+        cfg.env.tasks = tasks if tasks is not None else list(range(len(suite_sizes(suite))))
         if not max_steps_given:
             cfg.env.max_steps = None  # openpi's per-suite episode length
         env = make_env(cfg, policy, seed=cfg.train.seed)
+        env.set_fixture_placement(cfg.eval.fixture_placement)
+        collector = make_collector(env, policy, cfg)
+        source = SimpleNamespace(env=env, collector=collector, batches=iter(collector))
+        layout = worker_layout(cfg)
+        groups = GroupCollector(source, worker_options=layout.worker_options, env_task_ids=layout.env_task_ids)
         try:
-            for task in cfg.env.tasks:
-                one = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, tasks=[task]))
-                episodes: list[EpisodeResult] = []
+            for t, task in enumerate(cfg.env.tasks):
                 start = time.perf_counter()
-                metrics, videos = evaluate(one, env, policy, record_video=cfg.logging.video_every > 0, episodes_out=episodes)
+                schedule = {ctx: n for ctx, n in eval_schedule(len(cfg.env.tasks), cfg.eval.init_states, cfg.eval.episodes).items() if ctx.task == t}
+                records, videos = evaluate_contexts(groups, policy, schedule, group_id_base=10**12 + t * 10**5,
+                                                    max_videos=4 if cfg.logging.video_every > 0 else 0)
+                instruction = get_suite(suite).get_task(int(task)).language
+                episodes = [EpisodeResult(suite, int(task), instruction, r.init_state, r.success, r.steps) for r in records]
                 results += episodes
                 if videos:
-                    write_mp4(tile_episodes(videos), out_dir / "videos" / f"{suite}_task{task}.mp4", fps=10)
+                    write_mp4(tile_episodes([episode_frames(list(zip(*frames)), ok) for frames, ok in videos]),
+                              out_dir / "videos" / f"{suite}_task{task}.mp4", fps=10)
                 print(f"{suite} task {task}: {sum(e.success for e in episodes)}/{len(episodes)} "
-                      f"({time.perf_counter() - start:.0f}s) {episodes[0].task if episodes else ''}", flush=True)
+                      f"({time.perf_counter() - start:.0f}s) {instruction}", flush=True)
         finally:
+            collector.shutdown()
             env.close()
     return results
 
@@ -101,13 +108,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(2)
     suites = suites or [cfg.env.suite]
     try:
-        unknown = [s for s in suites if s not in SUITE_TASKS]
-        if unknown:
-            raise PreflightError(f"suite={unknown[0]} is unknown: use one of {list(SUITE_TASKS)}")
         # device, disk, checkpoint + norm stats vs LIBERO, each suite's tasks and init states, rendering: before loading anything
         run_preflight(cfg, out_dir, contexts=False)
         for suite in suites:
-            check_libero_contexts(suite, tasks if tasks is not None else range(SUITE_TASKS[suite]),
+            try:
+                n_tasks = len(suite_sizes(suite))
+            except ValueError as err:
+                raise PreflightError(str(err)) from err
+            check_libero_contexts(suite, tasks if tasks is not None else range(n_tasks),
                                   {"eval.init_states": cfg.eval.init_states, "env.train_init_states": cfg.env.train_init_states[:1]},
                                   tasks_key="tasks")
     except PreflightError as e:

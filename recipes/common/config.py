@@ -18,7 +18,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -43,7 +43,7 @@ class ConfigError(ValueError):
 class EnvConfig:
     kind: str = "libero"  # libero | toy (torchrl ToyVLAEnv, for fast tests)
     suite: str = "libero_object"
-    tasks: list[int] = field(default_factory=lambda: [1])  # task indices in the suite
+    tasks: list[Any] = field(default_factory=lambda: [1])  # task ids in env.suite, or "suite:id" across suites (e.g. "libero_goal:8")
     camera_size: int = 128  # rendered camera side (PI0 transforms resize-with-pad to 224)
     num_envs: int = 2  # parallel env workers
     max_steps: Optional[int] = None  # simulator steps per episode; None = openpi's per-suite value
@@ -58,12 +58,16 @@ class EnvConfig:
     toy_success_tol: float = 0.3
     toy_max_steps: int = 8
     toy_parallel: bool = False  # toy workers in processes (ParallelEnv) instead of in-process (SerialEnv)
+    toy_bc_steps: int = 0  # > 0: behaviour-clone the fresh policy on noisy oracle chunks first (a weak, learnable start)
+    toy_bc_noise: float = 0.45  # std of the noise added to the oracle's actions in those demos
+    toy_bc_lr: float = 3e-3
+    toy_bc_batch: int = 256
 
 
 @dataclass
 class TinyPolicyConfig:
     width: int = 64  # Gemma width of both experts
-    depth: int = 2
+    depth: int = 2  # Gemma layers of both experts (the MLP policy's hidden layers)
     vision_width: int = 64
     vision_layers: int = 2
     image_size: int = 64  # SigLIP input side
@@ -105,7 +109,9 @@ class AlgoConfig:
     keep_spread: bool = False  # after every update, rescale the acting noise so the action spread stays at its first-iteration value (SpreadKeeper)
     ema_decay: float = 0.0  # > 0: a copy trains and the acting, evaluated and saved policy is its weight average (0.99 in benchmarks/learning_libero.py; one more policy in memory); 0 = acts as trained
     buffer_iterations: int = 1  # train on the kept steps of the last N iterations that kept any (1 = on-policy; the window restarts empty on resume)
-    balance_tasks: bool = False  # give every task's steps in that window the same share (upsampled with replacement: balance_by_key on task_id)
+    balance_tasks: bool = False  # give every task's steps in that window the same share (upsampled with replacement: balance_by_key on task_index)
+    demo_replay: int = 0  # > 0: replay this many expert demos per task beside every iteration's own steps (advantage +1), from cloned init states only
+    demo_dataset: Optional[str] = None  # LeRobotDataset of those demos (recipes/collect_demos.py); None = the one policy.path was cloned on
 
 
 @dataclass
@@ -127,6 +133,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     iterations: int = 2
+    max_minutes: Optional[float] = None  # stop before an iteration of average length would take collection + update time past this
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -136,7 +143,7 @@ class EvalConfig:
     every: int = 1  # iterations between evaluations
     init_states: list[int] = field(default_factory=lambda: [40, 41])  # held out from env.train_init_states
     episodes: int = 2  # episodes per (task, init state) ... capped by len(init_states)
-    at_start: bool = False  # also evaluate before the first update
+    at_start: bool = False  # also evaluate before the first update (the start of a learning curve)
     fixture_placement: str = "upstream"  # upstream: LIBERO's per-reset fixture jitter, the published protocol | pinned: one scene per context, as in training
 
 
@@ -166,7 +173,7 @@ class EarlyStoppingConfig:
 
 @dataclass
 class SamplingConfig:
-    strategy: str = "uniform"  # uniform | curriculum
+    strategy: str = "uniform"  # uniform | balanced (every task equally often in each round) | curriculum
     success_rate_target: float = 0.7  # curriculum: favour contexts whose success rate is near this
 
 
@@ -214,7 +221,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "optim.schedule": ("constant", "cosine", "wsd"),
     "amp": ("off", "bf16", "fp16"),
     "logging.wandb": ("online", "offline", "disabled"),
-    "sampling.strategy": ("uniform", "curriculum"),
+    "sampling.strategy": ("uniform", "balanced", "curriculum"),
     "distributed.backend": ("auto", "nccl", "gloo"),
 }
 
@@ -324,7 +331,11 @@ def validate(cfg: RIPTConfig) -> None:
 
     e, p, a, o, t = cfg.env, cfg.policy, cfg.algo, cfg.optim, cfg.train
     need(len(e.tasks) > 0, "env.tasks is empty: list at least one task index, e.g. env.tasks=[0]")
-    need(all(i >= 0 for i in e.tasks), "env.tasks has a negative index: use task indices >= 0")
+    specs = task_specs(cfg)  # ConfigError on a malformed entry
+    need(len({s[:2] for s in specs}) == len(specs), f"env.tasks={list(e.tasks)} names a task twice: list each task once")
+    suites = sorted({s.suite for s in specs})
+    need(e.num_envs >= len(suites), f"env.tasks spans {len(suites)} suites {suites} but env.num_envs={e.num_envs}: "
+         f"set env.num_envs={len(suites)} or more (a worker runs one suite)")
     need(e.num_envs >= 1, f"env.num_envs={e.num_envs} must be >= 1: set env.num_envs=1 or more")
     need(e.camera_size >= 16, f"env.camera_size={e.camera_size} is too small: use 16 or more (128 or 256 typical)")
     need(e.max_steps is None or e.max_steps >= 1, "env.max_steps must be >= 1 or null (openpi's per-suite value)")
@@ -394,10 +405,46 @@ def validate(cfg: RIPTConfig) -> None:
     need(0 < cfg.sampling.success_rate_target < 1, "sampling.success_rate_target must be in (0, 1)")
     need(cfg.preflight.min_free_gb >= 0, f"preflight.min_free_gb={cfg.preflight.min_free_gb} must be >= 0")
     need(cfg.distributed.timeout_s > 0, "distributed.timeout_s must be > 0")
+    need(t.max_minutes is None or t.max_minutes > 0, f"train.max_minutes={t.max_minutes} must be > 0 or null (no time budget)")
+    need(a.demo_replay >= 0, f"algo.demo_replay={a.demo_replay} must be >= 0 (0 trains on the policy's own rollouts only)")
+    need(not a.demo_replay or (e.kind == "libero" and p.kind == "pi0" and p.path is not None),
+         "algo.demo_replay > 0 needs env.kind=libero and a cloned PI0 checkpoint in policy.path: set algo.demo_replay=0")
+    need(not (a.demo_replay and a.target_steps), "algo.demo_replay cannot be combined with algo.target_steps (demos have no acting noise): set one to 0")
+    need(e.toy_bc_steps >= 0 and e.toy_bc_noise >= 0 and e.toy_bc_lr > 0 and e.toy_bc_batch >= 1,
+         "env.toy_bc_steps/toy_bc_noise must be >= 0, env.toy_bc_lr > 0 and env.toy_bc_batch >= 1")
+    need(not e.toy_bc_steps or e.kind == "toy", "env.toy_bc_steps applies to env.kind=toy only: set env.toy_bc_steps=0")
     need(not (cfg.amp == "fp16" and t.device == "cpu"), "amp=fp16 needs CUDA: set amp=off on CPU (or bf16 on a GPU)")
     need(not (p.path_required and p.kind == "pi0" and p.path is None), f"policy.path is not set and config '{cfg.config_name}' trains a real checkpoint: set "
          f"policy.path=<local lerobot PI0 checkpoint dir with {CHECKPOINT_LAYOUT}>")
     need(not p.gradient_checkpointing or p.kind == "pi0", "policy.gradient_checkpointing=true applies to policy.kind=pi0 only: set it to false")
+
+
+class TaskSpec(NamedTuple):
+    """One task of a run: its suite, its id there, and the name its metrics carry."""
+
+    suite: str
+    task_id: int
+    label: str
+
+
+def task_specs(cfg: RIPTConfig) -> list[TaskSpec]:
+    """env.tasks resolved: an int is a task of env.suite ("task<id>" in metric names), "suite:id" names its suite."""
+    specs = []
+    for entry in cfg.env.tasks:
+        if isinstance(entry, str) and entry.strip().lstrip("-").isdigit():
+            entry = int(entry)
+        if isinstance(entry, int) and not isinstance(entry, bool):
+            if entry < 0:
+                raise ConfigError("env.tasks has a negative index: use task indices >= 0")
+            suite = cfg.env.suite if cfg.env.kind == "libero" else "toy"
+            specs.append(TaskSpec(suite, entry, f"task{entry}"))
+            continue
+        suite, sep, task = str(entry).partition(":")
+        if cfg.env.kind != "libero" or not sep or suite not in _SUITES or not task.isdigit():
+            raise ConfigError(f"env.tasks entry {entry!r} is not a task id or 'suite:id' with a LIBERO suite "
+                              f"(e.g. libero_goal:8; suites {list(_SUITES)}): fix env.tasks")
+        specs.append(TaskSpec(suite, int(task), f"{suite}:{int(task)}"))
+    return specs
 
 
 def to_yaml(cfg: RIPTConfig) -> str:

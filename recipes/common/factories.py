@@ -23,7 +23,7 @@ from torchrl.envs import EnvBase
 
 from ript.algos import FlowMatchingMLPPolicy, FlowMatchingPolicy, RIPTCFGLoss
 
-from .config import ConfigError, RIPTConfig, resolve_repo_path
+from .config import ConfigError, RIPTConfig, TaskSpec, resolve_repo_path, task_specs
 from .optim import make_grad_scaler, make_optimizer, make_scheduler
 
 # LIBERO's episode length per suite (openpi's protocol), used when env.max_steps is null.
@@ -35,8 +35,28 @@ def max_decision_steps(cfg: RIPTConfig) -> int:
     """Decision steps (policy calls) per episode at most."""
     if cfg.env.kind == "toy":
         return cfg.env.toy_max_steps
-    sim_steps = cfg.env.max_steps or SUITE_MAX_STEPS[cfg.env.suite]
+    sim_steps = cfg.env.max_steps or max(SUITE_MAX_STEPS[s.suite] for s in task_specs(cfg))
     return math.ceil(sim_steps / cfg.policy.n_action_steps)
+
+
+@dataclass(frozen=True)
+class WorkerLayout:
+    """Which task each env worker is built for, and which workers may run each task of the run."""
+
+    worker_tasks: list[TaskSpec]
+    worker_options: list[list[int]]  # per task index: its own workers, else workers of its suite (they switch task)
+    env_task_ids: list[int]  # per task index: the id the env knows it by
+
+
+def worker_layout(cfg: RIPTConfig, num_envs: int | None = None) -> WorkerLayout:
+    """Worker i is built for task i mod T; a task without a worker of its own borrows one of its suite."""
+    specs, n = task_specs(cfg), num_envs or cfg.env.num_envs
+    workers = [specs[i % len(specs)] for i in range(n)]
+    options = []
+    for spec in specs:
+        own = [i for i, w in enumerate(workers) if w == spec]
+        options.append(own or [i for i, w in enumerate(workers) if w.suite == spec.suite])
+    return WorkerLayout(workers, options, [s.task_id for s in specs])
 
 
 # --------------------------------------------------------------------------- policy
@@ -51,6 +71,12 @@ def make_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
         policy.freeze(cfg.policy.freeze)
     if cfg.policy.kind == "pi0":  # set both ways: a checkpoint's config.json may carry lerobot's flag
         policy.set_gradient_checkpointing(cfg.policy.gradient_checkpointing)
+    e = cfg.env
+    if e.kind == "toy" and e.toy_bc_steps > 0:  # a weak start that RL can improve (the toy learning check)
+        from .toy_env import behaviour_clone_toy
+
+        behaviour_clone_toy(policy, action_dim=e.toy_action_dim, chunk_size=cfg.policy.chunk_size, steps=e.toy_bc_steps,
+                            noise=e.toy_bc_noise, lr=e.toy_bc_lr, batch=e.toy_bc_batch, seed=cfg.train.seed)
     return policy
 
 
@@ -70,7 +96,7 @@ def _build_policy(cfg: RIPTConfig, device: torch.device) -> FlowMatchingPolicy:
             n_action_steps=p.n_action_steps,
             obs_keys=[("observation", "state")],
             hidden=p.tiny.hidden,
-            depth=2,
+            depth=p.tiny.depth,
             num_steps=p.num_inference_steps,
             supports_cfg=cfg_head,
             default_guidance=guidance,
@@ -172,10 +198,11 @@ def make_env(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, num_envs: int | Non
     tokenizer = getattr(policy, "tokenizer", None)
     max_len = getattr(getattr(getattr(policy, "policy", None), "config", None), "tokenizer_max_length", 48)
     transforms = make_pi0_transforms(norm, image_size=policy_image_size(policy), tokenizer=tokenizer, tokenizer_max_length=max_len)
-    tasks = [cfg.env.tasks[i % len(cfg.env.tasks)] for i in range(n)]
+    workers = worker_layout(cfg, n).worker_tasks
     env = make_libero_env(
-        cfg.env.suite,
-        tasks,
+        workers[0].suite,
+        [w.task_id for w in workers],
+        suites=[w.suite for w in workers],
         num_envs=n,
         transforms=transforms,
         seed=seed,
@@ -184,25 +211,13 @@ def make_env(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, num_envs: int | Non
         max_steps=cfg.env.max_steps,
         hard_reset_every=cfg.env.hard_reset_every or None,
         init_state_mode="fixed",
-        init_state_id=cfg.env.train_init_states[0],
+        init_state_id=min(cfg.env.train_init_states),
         fixture_placement=cfg.env.fixture_placement,
         scene_seed=cfg.train.seed,  # not `seed`: ranks and env rebuilds offset that one, a context's scene must not move
     )
     if hasattr(env, "start") and getattr(env, "is_closed", False):
         env.start()
     return env
-
-
-def push_episodes(env: EnvBase, episodes: Sequence[dict[str, int]], num_envs: int) -> list[list[dict[str, int]]]:
-    """Queue episodes round-robin over the env's workers; returns each worker's queue (in order)."""
-    env.clear_contexts()
-    per_worker: list[list[dict[str, int]]] = [[] for _ in range(num_envs)]
-    for i, ep in enumerate(episodes):
-        per_worker[i % num_envs].append(ep)
-    for w, queue in enumerate(per_worker):
-        if queue:
-            env.push_contexts(queue, worker=w)
-    return per_worker
 
 
 # --------------------------------------------------------------------------- training parts
@@ -287,7 +302,7 @@ def stored_keys(policy: FlowMatchingPolicy, data: TensorDictBase) -> list[Any]:
         wanted += [("observation", "language_tokens"), ("observation", "language_attention_mask")]
     elif "task" in policy.in_keys:
         wanted.append("task")
-    wanted += ["action_chunk", "advantage", "episode_return", "informative", "task_id"]
+    wanted += ["action_chunk", "advantage", "episode_return", "informative", "task_index"]
     if "action_mask" in data.keys():
         wanted.append("action_mask")
     wanted.append("action_noise")  # only when the policy records it (relabel_chunks)

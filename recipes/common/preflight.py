@@ -272,8 +272,12 @@ def run_preflight(
     if p.kind == "pi0":
         check_tokenizer(p.path, p.tokenizer_path)
     if cfg.env.kind == "libero" and contexts:
-        check_libero_contexts(cfg.env.suite, cfg.env.tasks,
-                              {"env.train_init_states": cfg.env.train_init_states, "eval.init_states": cfg.eval.init_states})
+        from .config import task_specs
+
+        specs = task_specs(cfg)
+        for suite in dict.fromkeys(s.suite for s in specs):
+            check_libero_contexts(suite, [s.task_id for s in specs if s.suite == suite],
+                                  {"env.train_init_states": cfg.env.train_init_states, "eval.init_states": cfg.eval.init_states})
     if cfg.env.kind == "libero" and (rendering if rendering is not None else True):
         check_rendering_backend()
 

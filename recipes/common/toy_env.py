@@ -107,3 +107,26 @@ def make_context_toy_env(
     )
     fns = [functools.partial(make, i) for i in range(num_envs)]
     return ParallelEnv(num_envs, fns) if parallel else SerialEnv(num_envs, fns)
+
+
+def behaviour_clone_toy(policy: torch.nn.Module, *, action_dim: int, chunk_size: int, steps: int, noise: float,
+                        lr: float, batch: int, seed: int) -> None:
+    """Warm start on the toy env: flow matching on noisy oracle chunks (state = [previous action, target]).
+
+    The oracle's actions plus N(0, noise^2) teach roughly where the target is but not
+    precisely enough to succeed often: a weak start that RL on its own rollouts can improve.
+    """
+    from tensordict import TensorDict
+
+    g = torch.Generator().manual_seed(10_000 + seed)
+    opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        target = torch.rand(batch, action_dim, generator=g) - 0.5
+        prev = torch.rand(batch, action_dim, generator=g) * 2 - 1
+        prev = torch.where(torch.rand(batch, 1, generator=g) < 0.3, torch.zeros_like(prev), prev)  # reset states echo zeros
+        chunk = target[:, None, :] + noise * torch.randn(batch, chunk_size, action_dim, generator=g)
+        td = TensorDict({("observation", "state"): torch.cat([prev, target], -1), "action_chunk": chunk.clamp(-1, 1)}, batch_size=[batch])
+        loss = policy.per_sample_loss(td).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
