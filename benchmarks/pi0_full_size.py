@@ -185,6 +185,8 @@ def phase_recipe(argv: list[str]) -> dict[str, Any]:
     """Run recipes/ript_cfg.py in this process with alternating outcomes and peak RSS per phase."""
     import ript_cfg
 
+    from ript.recipes.common import trainer
+
     peaks = {"collect": 0.0, "update": 0.0, "before": 0.0}
     peaks["before"] = peak_rss_gib()
 
@@ -199,7 +201,7 @@ def phase_recipe(argv: list[str]) -> dict[str, Any]:
 
         return wrapper
 
-    class AlternatingOutcomes(ript_cfg.GroupLOOAdvantage):
+    class AlternatingOutcomes(trainer.GroupLOOAdvantage):
         """Every other finished episode counts as a success: random weights never succeed, and the update needs a mixed group."""
 
         finished = 0
@@ -215,9 +217,9 @@ def phase_recipe(argv: list[str]) -> dict[str, Any]:
                 batch.set(key, success)
             return super().forward(batch)
 
-    ript_cfg.GroupLOOAdvantage = AlternatingOutcomes
-    ript_cfg.collect = measured("collect", ript_cfg.collect)
-    ript_cfg.update_policy = measured("update", ript_cfg.update_policy)
+    trainer.GroupLOOAdvantage = AlternatingOutcomes
+    trainer.Trainer.collect = measured("collect", trainer.Trainer.collect)
+    trainer.update_policy = measured("update", trainer.update_policy)
     start = time.perf_counter()
     summary = ript_cfg.main(argv)
     total_s = time.perf_counter() - start

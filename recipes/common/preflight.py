@@ -278,6 +278,10 @@ def run_preflight(
         for suite in dict.fromkeys(s.suite for s in specs):
             check_libero_contexts(suite, [s.task_id for s in specs if s.suite == suite],
                                   {"env.train_init_states": cfg.env.train_init_states, "eval.init_states": cfg.eval.init_states})
+    if cfg.algo.demo_replay:  # the checkpoint's clone record and the demo dataset (ConfigError names the fix)
+        from .demo_replay import plan_demo_replay
+
+        plan_demo_replay(cfg)
     if cfg.env.kind == "libero" and (rendering if rendering is not None else True):
         check_rendering_backend()
 

@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 
 import ript_cfg  # noqa: E402
 
+from ript.recipes.common import trainer  # noqa: E402
 from ript.recipes.common.config import load_config  # noqa: E402
 from ript.recipes.common.factories import make_policy  # noqa: E402
 
@@ -30,19 +31,19 @@ def test_updates_run_in_train_mode_and_rollouts_in_eval_mode(tmp_path: Path, mon
         built.append(policy)
         return policy
 
-    real_collect, real_update = ript_cfg.collect, ript_cfg.update_policy
+    real_collect, real_update = trainer.Trainer.collect, trainer.update_policy
 
-    def collect(*args, **kwargs):
+    def collect(self, *args, **kwargs):
         seen["collect"].append(built[0].training)
-        return real_collect(*args, **kwargs)
+        return real_collect(self, *args, **kwargs)
 
     def update(loss_module, *args, **kwargs):
         seen["update"].append(loss_module.policy.training)
         return real_update(loss_module, *args, **kwargs)
 
-    monkeypatch.setattr(ript_cfg, "make_policy", eval_policy)
-    monkeypatch.setattr(ript_cfg, "collect", collect)
-    monkeypatch.setattr(ript_cfg, "update_policy", update)
+    monkeypatch.setattr(trainer, "make_policy", eval_policy)
+    monkeypatch.setattr(trainer.Trainer, "collect", collect)
+    monkeypatch.setattr(trainer, "update_policy", update)
     ript_cfg.main(["--config-name", "toy", f"logging.output_dir={tmp_path / 'run'}", "train.iterations=2", "eval.every=1000"])
     assert seen["collect"] == [False, False]
     assert seen["update"] and all(seen["update"])

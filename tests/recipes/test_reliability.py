@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 
 import ript_cfg  # noqa: E402
 
-from ript.recipes.common import faults  # noqa: E402
+from ript.recipes.common import faults, trainer  # noqa: E402
 from ript.recipes.common.checkpoint import POLICY_STATE_FILE  # noqa: E402
 
 TOY = ["--config-name", "toy", "eval.every=1000", "checkpoint.keep_last=10"]
@@ -147,7 +147,7 @@ def test_nonfinite_guard_counts_streaks_and_finite_parameter_check() -> None:
 
 def _nan_loss_after(monkeypatch: pytest.MonkeyPatch, good_calls: int, bad_calls: int | None) -> None:
     """Loss calls number good_calls+1 .. good_calls+bad_calls return NaN (bad_calls=None: forever)."""
-    real = ript_cfg.make_loss
+    real = trainer.make_loss
     calls = {"n": 0}
 
     def make_loss(*args, **kwargs):
@@ -165,7 +165,7 @@ def _nan_loss_after(monkeypatch: pytest.MonkeyPatch, good_calls: int, bad_calls:
         module.forward = poisoned
         return module
 
-    monkeypatch.setattr(ript_cfg, "make_loss", make_loss)
+    monkeypatch.setattr(trainer, "make_loss", make_loss)
 
 
 def test_transient_nonfinite_losses_are_skipped_and_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,25 +198,25 @@ def test_persistent_nonfinite_stops_the_run_and_keeps_the_last_good_checkpoint(
 
 def _signal_during_collect(monkeypatch: pytest.MonkeyPatch, iteration: int, sig: signal.Signals) -> None:
     """Send `sig` to this process in the middle of iteration `iteration`'s collection (after its first round)."""
-    real = ript_cfg.collect
+    real = trainer.Trainer.collect
 
-    def collect(cfg, it, dist, envs, advantage, sampler, logger, preemption=None):
+    def collect(self, it, preemption=None):
         if it + 1 == iteration:
-            real_record = sampler.record
+            real_record = self.sampler.record
 
             def record(ctx, outs):
                 real_record(ctx, outs)
                 if preemption is not None and not preemption.requested:  # once: a second signal means "stop now"
                     os.kill(os.getpid(), sig)  # the handler only sets a flag: collection stops at the next round
 
-            sampler.record = record
+            self.sampler.record = record
             try:
-                return real(cfg, it, dist, envs, advantage, sampler, logger, preemption)
+                return real(self, it, preemption)
             finally:
-                del sampler.record
-        return real(cfg, it, dist, envs, advantage, sampler, logger, preemption)
+                del self.sampler.record
+        return real(self, it, preemption)
 
-    monkeypatch.setattr(ript_cfg, "collect", collect)
+    monkeypatch.setattr(trainer.Trainer, "collect", collect)
 
 
 @pytest.mark.slow
@@ -290,8 +290,10 @@ def test_curriculum_stops_drawing_mastered_contexts(tmp_path: Path, monkeypatch:
 
 
 def test_an_env_fault_during_evaluation_leaves_the_policy_in_training_mode() -> None:
-    from ript.recipes.common.config import load_config
-    from ript.recipes.common.evaluation import evaluate
+    from types import SimpleNamespace
+
+    from ript.algos.evaluation import evaluate_contexts
+    from ript.algos.group_collection import Context, GroupCollector
 
     class FailingEnv:
         batch_size = torch.Size([1])
@@ -302,11 +304,13 @@ def test_an_env_fault_during_evaluation_leaves_the_policy_in_training_mode() -> 
         def push_contexts(self, queue, worker: int = 0) -> None:
             pass
 
-        def rollout(self, *args, **kwargs):
-            raise RuntimeError("env worker died")
+    def batches():
+        raise RuntimeError("env worker died")
+        yield
 
+    source = SimpleNamespace(env=FailingEnv(), collector=SimpleNamespace(reset=lambda: None), batches=batches())
     policy = torch.nn.Linear(1, 1)
     policy.train()
     with pytest.raises(RuntimeError, match="env worker died"):
-        evaluate(load_config("toy"), FailingEnv(), policy, record_video=False)
+        evaluate_contexts(GroupCollector(source, worker_options=[[0]], env_task_ids=[0]), policy, {Context(0, 100): 1}, group_id_base=5)
     assert policy.training  # an outer supervisor can restart the env and train on

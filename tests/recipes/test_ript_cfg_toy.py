@@ -165,15 +165,15 @@ def test_early_stopping_stops_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     """Evaluations 0.25, 0.5, 0.5, 0.25 with patience 2: the run stops after iteration 4 of 8, best stays on iteration 2."""
     import json
 
-    recipe = sys.modules[main.__module__]
+    from ript.recipes.common import trainer
+
     scripted = iter([0.25, 0.5, 0.5, 0.25, 1.0, 1.0, 1.0, 1.0])  # the real evaluation runs; its success rate is replaced
-    real = recipe.evaluate_all_ranks
+    real = trainer.Trainer.evaluate
 
-    def scripted_eval(*args, **kwargs):
-        metrics, videos = real(*args, **kwargs)
-        return {**metrics, "eval/success_rate": next(scripted)}, videos
+    def scripted_eval(self, *args, **kwargs):
+        return {**real(self, *args, **kwargs), "eval/success_rate": next(scripted)}
 
-    monkeypatch.setattr(recipe, "evaluate_all_ranks", scripted_eval)
+    monkeypatch.setattr(trainer.Trainer, "evaluate", scripted_eval)
     out = tmp_path / "run"
     summary = main(["--config-name", "toy", f"logging.output_dir={out}", "train.iterations=8", "eval.every=1",
                     "early_stopping.patience=2", "checkpoint.every=3"])  # fmt: skip

@@ -1,0 +1,76 @@
+"""The one trainer's run-level features: tasks across suites, a start evaluation, a time budget, resume of both."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "recipes"))
+
+import ript_cfg  # noqa: E402
+
+from ript.algos.sampling import ContextSampler  # noqa: E402
+from ript.recipes.common.config import ConfigError, load_config, task_specs  # noqa: E402
+from ript.recipes.common.factories import max_decision_steps, worker_layout  # noqa: E402
+
+TOY = ["--config-name", "toy", "logging.progress=false"]
+
+
+def test_tasks_across_suites_get_their_own_workers_and_episode_length() -> None:
+    cfg = load_config("quick_test", ['env.tasks=["libero_spatial:2",libero_object:1,"libero_goal:8"]', "env.num_envs=3", "env.max_steps=null"])
+    assert [(s.suite, s.task_id) for s in task_specs(cfg)] == [("libero_spatial", 2), ("libero_object", 1), ("libero_goal", 8)]
+    layout = worker_layout(cfg)
+    assert layout.worker_options == [[0], [1], [2]] and layout.env_task_ids == [2, 1, 8]
+    assert max_decision_steps(cfg) == 300 // 5  # the longest suite's episode (libero_goal)
+    one_suite = worker_layout(load_config("quick_test", ["env.tasks=[0,1,2]", "env.num_envs=2"]))
+    assert one_suite.worker_options == [[0], [1], [0, 1]]  # a task without a worker of its own borrows its suite's
+    assert [s.label for s in task_specs(load_config("quick_test", ["env.tasks=[3]"]))] == ["task3"]
+
+
+@pytest.mark.parametrize("tasks, envs, message", [
+    ('["libero_spatial:2","libero_goal:8"]', 1, "spans 2 suites .* set env.num_envs=2"),
+    ('["libero_spatial:2","libero_spatial:2"]', 2, "names a task twice"),
+    ('["libero_nope:1"]', 1, "not a task id or 'suite:id'"),
+    ('["libero_goal"]', 1, "not a task id or 'suite:id'"),
+])
+def test_bad_task_lists_are_one_line_errors(tasks: str, envs: int, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config("quick_test", [f"env.tasks={tasks}", f"env.num_envs={envs}"])
+
+
+def test_balanced_sampling_gives_every_task_its_share_of_each_round() -> None:
+    sampler = ContextSampler([(t, s) for t in range(3) for s in range(10)], "balanced", seed=4)
+    for _ in range(5):
+        draws = sampler.sample(12)
+        assert sorted(t for t, _ in draws) == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_start_evaluation_and_time_budget_survive_a_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """eval.at_start logs iteration 0; train.max_minutes stops with an end evaluation; a resume keeps both and goes on."""
+    out = tmp_path / "run"
+    common = [*TOY, f"logging.output_dir={out}", "eval.at_start=true", "eval.every=1000", "train.iterations=5"]
+    first = ript_cfg.main([*common, "train.max_minutes=1e-6"])  # any iteration overruns it: one, then stop
+    assert first["iterations"] == 1 and first["stopped"].startswith("time budget: train.max_minutes=1e-06")
+    evals = json.loads((out / "evaluations.json").read_text())["evaluations"]
+    assert [e["iteration"] for e in evals] == [0, 1]  # the start, and the end although eval.every=1000
+    assert evals[0]["tasks"]["task0"]["episodes"] == 2 and set(evals[0]["tasks"]["task0"]["by_init_state"]) == {"100", "101"}
+    lo, hi = evals[0]["ci95"]
+    assert 0 <= lo <= evals[0]["success_rate"] <= hi <= 1
+    assert "held-out task0:" in capsys.readouterr().out
+    second = ript_cfg.main([*common, "checkpoint.resume=auto", "train.max_minutes=60"])
+    assert second["iterations"] == 5 and second["stopped"] == "completed"
+    evals = json.loads((out / "evaluations.json").read_text())["evaluations"]
+    assert [e["iteration"] for e in evals] == [0, 1, 5]  # the start evaluation was not redone
+    assert second["ript_minutes"] > first["ript_minutes"]
+
+
+def test_toy_learning_check_through_the_trainer(tmp_path: Path) -> None:
+    """configs/toy_learning.yaml, weighted, seed 0: held-out success at least doubles and gains 30 points."""
+    summary = ript_cfg.main(["--config-name", "toy_learning", f"logging.output_dir={tmp_path / 'run'}"])
+    start, end = summary["evaluation_history"][0]["success_rate"], summary["evaluation_history"][-1]["success_rate"]
+    assert 0.05 <= start <= 0.4, f"warm start out of range: {start}"
+    assert end >= 2 * start and end >= start + 0.30, f"no real improvement: {start:.3f} -> {end:.3f}"
