@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             try:
                 n_tasks = len(suite_sizes(suite))
             except ValueError as err:
-                raise PreflightError(str(err)) from err
+                raise PreflightError(f"suite={suite} is unknown ({err})") from err
             check_libero_contexts(suite, tasks if tasks is not None else range(n_tasks),
                                   {"eval.init_states": cfg.eval.init_states, "env.train_init_states": cfg.env.train_init_states[:1]},
                                   tasks_key="tasks")

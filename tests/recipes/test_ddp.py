@@ -177,9 +177,10 @@ def worker_equivalence(out: Path, names: list[str]) -> None:
 def worker_fault(out: Path, fault: str) -> None:
     """The toy recipe on 2 ranks; rank 1 raises (or hangs) when its second update starts."""
     import ript.recipes.ript_cfg as recipe
+    from ript.recipes.common import trainer
 
     if int(os.environ["RANK"]) == 1:
-        real, calls = recipe.update_policy, []
+        real, calls = trainer.update_policy, []
 
         def failing(*args, **kwargs):
             calls.append(1)
@@ -189,7 +190,7 @@ def worker_fault(out: Path, fault: str) -> None:
                 time.sleep(3600)
             return real(*args, **kwargs)
 
-        recipe.update_policy = failing
+        trainer.update_policy = failing
     recipe.main(["--config-name", "toy", f"logging.output_dir={out / 'run'}", "train.iterations=3", "distributed.backend=gloo", "distributed.timeout_s=15"])
 
 

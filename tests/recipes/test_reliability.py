@@ -71,7 +71,7 @@ class _Recorder(faults.EnvSupervisor):
 def test_killed_and_hung_workers_are_restarted_and_training_continues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A SIGKILLed ParallelEnv worker (mid-rollout), later a SIGSTOPped (hung) one: both rebuilt, groups discarded, run completes."""
     _Recorder.instances = []
-    monkeypatch.setattr(ript_cfg, "EnvSupervisor", _Recorder)
+    monkeypatch.setattr(trainer, "EnvSupervisor", _Recorder)
     out = tmp_path / "faults"
     # call 2: mid-rollout of iteration 1; call 2 + 10: well after the restart (iteration 2 or 3)
     _Recorder.actions = {2: "kill", 12: "stop"}
