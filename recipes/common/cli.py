@@ -136,7 +136,7 @@ def _example(cls: type) -> str:
 
 
 def dataclass_parser(cls: type, description: str) -> argparse.ArgumentParser:
-    """DEPRECATED, remove once benchmarks/learning_libero.py and update_drift.py use `run_cli`.
+    """DEPRECATED, remove once benchmarks/learning_libero.py (its last user) uses `run_cli`.
 
     One `--field-name` flag per field of `cls`, typed by its default (bool -> --x/--no-x, list -> nargs="+").
     """
