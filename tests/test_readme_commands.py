@@ -63,7 +63,7 @@ def _logical_lines(text: str) -> list[str]:
 
 def _inline_commands(text: str) -> list[str]:
     """Inline code spans that run a script with key=value settings, e.g. `benchmarks/soak.py config=toy`."""
-    return [m for m in re.findall(r"`((?:recipes|benchmarks)/[\w/]+\.py(?: [^`\s]+=[^`\s]*)+)`", text)]
+    return re.findall(r"`((?:recipes|benchmarks)/[\w/]+\.py(?: [^`\s]+=[^`\s]*)+)`", text)
 
 
 def _classify(part: str) -> Command:
