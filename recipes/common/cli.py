@@ -12,7 +12,6 @@ validated config as YAML and stops before the tool builds or writes anything.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import inspect
@@ -131,23 +130,3 @@ def _example(cls: type) -> str:
     fields = dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ()
     return f"{fields[0].name}=..." if fields else "key=value"
 
-
-# --------------------------------------------------------------------------- legacy, to be removed
-
-
-def dataclass_parser(cls: type, description: str) -> argparse.ArgumentParser:
-    """DEPRECATED, remove once benchmarks/learning_libero.py (its last user) uses `run_cli`.
-
-    One `--field-name` flag per field of `cls`, typed by its default (bool -> --x/--no-x, list -> nargs="+").
-    """
-    parser = argparse.ArgumentParser(description=description)
-    defaults: Any = cls()
-    for f in dataclasses.fields(cls):
-        value, flag = getattr(defaults, f.name), "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)  # --x / --no-x
-        elif isinstance(value, list):
-            parser.add_argument(flag, type=type(value[0]) if value else str, nargs="+", default=value)  # an empty list default takes strings
-        else:
-            parser.add_argument(flag, type=type(value), default=value)
-    return parser

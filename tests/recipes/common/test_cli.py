@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ript.recipes.common.cli import dataclass_parser, field_comments, parse_config, run_cli, to_dotlist
+from ript.recipes.common.cli import field_comments, parse_config, run_cli, to_dotlist
 from ript.recipes.common.config import ConfigError
 
 
@@ -118,13 +118,6 @@ def test_every_converted_tool_dry_runs_and_refuses_unknown_keys(name: str, impor
         module.main([*extra, "no_such_key=1", "--dry-run"])
     assert info.value.code == 2 and "unknown key 'no_such_key'" in capsys.readouterr().err
 
-
-# --------------------------------------------------------------------------- legacy (remove with dataclass_parser)
-
-
-def test_legacy_dataclass_parser_still_serves_the_scripts_being_rewritten() -> None:
-    parsed = _Settings(**vars(dataclass_parser(_Settings, "test").parse_args(["--lr", "3e-4", "--states", "4", "5", "--no-positive-only"])))
-    assert parsed.lr == 3e-4 and parsed.states == [4, 5] and parsed.positive_only is False
 
 
 def test_eval_libero_dry_run_validates_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
