@@ -1,6 +1,6 @@
 """Bytes per stored decision step in the recipe's replay buffer vs the raw uint8 bytes of its images and state.
 
-    .venv/bin/python benchmarks/buffer_memory.py
+    .venv/bin/python benchmarks/buffer_memory.py [samples=64] [--dry-run]
 
 Builds decision steps with the entries the recipe stores (`stored_keys`: the PI0
 inputs, the sampled chunk, the advantage), extends the recipe's
@@ -10,12 +10,27 @@ tensor bytes. Target: ratio <= 1.1 (images stay uint8; nothing else is stored).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tensordict import TensorDict
 
 from ript.algos import make_replay_buffer
+from ript.recipes.common.cli import run_cli
+from ript.recipes.common.config import ConfigError
 
 KEYS = {"image": ("observation", "image"), "wrist": ("observation", "wrist_image"), "state": ("observation", "state")}
+
+
+@dataclass
+class BufferConfig:
+    samples: int = 64  # decision steps stored per setting (the ratio is per step)
+
+
+def validate(cfg: BufferConfig) -> None:
+    """A buffer of no steps has no bytes per step."""
+    if cfg.samples < 1:
+        raise ConfigError(f"samples={cfg.samples} must be >= 1")
 
 
 class _PI0Like(torch.nn.Module):
@@ -58,11 +73,16 @@ def measure(image: int, chunk: int, tokens: int, n: int = 64) -> tuple[float, fl
     return stored, raw
 
 
-def main() -> None:
+def report(cfg: BufferConfig) -> None:
+    """Stored vs raw bytes per step for real-size and tiny PI0 inputs."""
     print(f"{'setting':32s} {'stored B/step':>14s} {'raw B/step':>11s} {'ratio':>6s}")
     for name, image, chunk, tokens in (("PI0 (224 px, chunk 50, 48 tok)", 224, 50, 48), ("tiny PI0 (64 px, chunk 10, 16 tok)", 64, 10, 16)):
-        stored, raw = measure(image, chunk, tokens)
+        stored, raw = measure(image, chunk, tokens, n=cfg.samples)
         print(f"{name:32s} {stored:14.0f} {raw:11.0f} {stored / raw:6.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(BufferConfig, report, argv, validate=validate, description=__doc__)
 
 
 if __name__ == "__main__":

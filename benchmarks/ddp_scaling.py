@@ -8,8 +8,8 @@ is N x the 1-rank throughput. The script launches torchrun itself, once per rank
 and prints samples/s and the ratio to 1 rank.
 
     .venv/bin/python benchmarks/ddp_scaling.py                                  # CPU, gloo, 1 vs 2 ranks, tiny PI0
-    .venv/bin/python benchmarks/ddp_scaling.py --device cuda --ranks 1,2,4,8    # one GPU per rank, nccl
-    .venv/bin/python benchmarks/ddp_scaling.py --policy mlp --samples-per-rank 256
+    .venv/bin/python benchmarks/ddp_scaling.py device=cuda ranks=[1,2,4,8]      # one GPU per rank, nccl
+    .venv/bin/python benchmarks/ddp_scaling.py policy=mlp samples_per_rank=256
 
 CPU note: torchrun gives each rank one thread (OMP_NUM_THREADS=1), so 2 ranks need 2
 free cores to scale; on a shared machine the ratio measures the contention too.
@@ -17,12 +17,12 @@ free cores to scale; on a shared machine the ratio measures the contention too.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,34 @@ from tensordict import TensorDict
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
+
+from ript.recipes.common.cli import load_config_or_exit, run_cli, to_dotlist  # noqa: E402
+from ript.recipes.common.config import ConfigError  # noqa: E402
+
+WORKER = "--worker"  # internal: argv[0] of the per-rank processes this script launches under torchrun
+
+
+@dataclass
+class ScalingConfig:
+    device: str = "cpu"  # cpu (gloo) or cuda (nccl, one GPU per rank)
+    ranks: list[int] = field(default_factory=lambda: [1, 2])  # rank counts; the first is the baseline
+    policy: str = "pi0"  # pi0 (tiny PI0) | mlp (the flow-matching MLP)
+    samples_per_rank: int = 16
+    minibatch_per_rank: int = 8
+    reps: int = 5
+    image_size: int = 64
+    width: int = 64  # tiny PI0 Gemma/SigLIP width
+    threads: int = 1  # torch threads per rank
+
+
+def validate(cfg: ScalingConfig) -> None:
+    """Choices and counts, before torchrun starts."""
+    if cfg.policy not in ("pi0", "mlp"):
+        raise ConfigError(f"policy={cfg.policy!r} is not one of ['pi0', 'mlp']: set policy=pi0 or policy=mlp")
+    if not cfg.ranks or min(cfg.ranks) < 1:
+        raise ConfigError(f"ranks={cfg.ranks} must list rank counts >= 1, e.g. ranks=[1,2]")
+    if min(cfg.samples_per_rank, cfg.minibatch_per_rank, cfg.reps, cfg.threads) < 1:
+        raise ConfigError("samples_per_rank, minibatch_per_rank, reps and threads must be >= 1")
 
 
 def make_policy(kind: str, device: torch.device, image_size: int, width: int) -> torch.nn.Module:
@@ -65,8 +93,8 @@ def make_data(kind: str, policy: torch.nn.Module, n: int, image_size: int, seed:
     return td
 
 
-def worker(args: argparse.Namespace) -> None:
-    """One rank: time `--reps` update_policy calls (after one warm-up) and report from rank 0."""
+def worker(args: ScalingConfig) -> None:
+    """One rank: time `reps` update_policy calls (after one warm-up) and report from rank 0."""
     from ript.algos import RIPTCFGLoss, make_replay_buffer, refill_replay_buffer, update_policy
     from ript.recipes.common.distributed import barrier, distributed_session
     from ript.recipes.common.factories import wrap_ddp
@@ -104,10 +132,9 @@ def all_reduce_max(info, value: float) -> float:
     return max(all_gather_object(info, value))
 
 
-def launch(args: argparse.Namespace, ranks: int) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_port", str(29600 + ranks), __file__, "--worker",
-           "--device", args.device, "--policy", args.policy, "--samples-per-rank", str(args.samples_per_rank),
-           "--minibatch-per-rank", str(args.minibatch_per_rank), "--reps", str(args.reps), "--image-size", str(args.image_size), "--width", str(args.width)]  # fmt: skip
+def launch(args: ScalingConfig, ranks: int) -> dict:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_port", str(29600 + ranks), __file__,
+           WORKER, *to_dotlist(args)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
@@ -116,25 +143,11 @@ def launch(args: argparse.Namespace, ranks: int) -> dict:
     return json.loads(lines[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl, one GPU per rank)")
-    parser.add_argument("--ranks", default="1,2", help="comma-separated rank counts; the first is the baseline")
-    parser.add_argument("--policy", choices=("pi0", "mlp"), default="pi0", help="tiny PI0 or the flow-matching MLP")
-    parser.add_argument("--samples-per-rank", type=int, default=16)
-    parser.add_argument("--minibatch-per-rank", type=int, default=8)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--width", type=int, default=64, help="tiny PI0 Gemma/SigLIP width")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(args)
-        return
-    counts = [int(x) for x in args.ranks.split(",")]
+def scale(args: ScalingConfig) -> None:
+    """Launch torchrun once per rank count; print samples/s and the ratio to the first."""
+    counts = list(args.ranks)
     if args.device == "cuda" and max(counts) > torch.cuda.device_count():
-        raise SystemExit(f"--ranks asks for {max(counts)} GPUs but {torch.cuda.device_count()} are visible: lower --ranks")
+        raise SystemExit(f"ranks asks for {max(counts)} GPUs but {torch.cuda.device_count()} are visible: lower ranks")
     print(f"update_policy throughput, {args.policy}, {args.samples_per_rank} samples and minibatch {args.minibatch_per_rank} per rank, device {args.device}")
     base = None
     for n in counts:
@@ -142,6 +155,15 @@ def main() -> None:
         base = base or r["samples_per_s"]
         print(f"  {n} rank(s): {r['samples_per_s']:8.2f} samples/s  (best {r['best_s']:.3f} s, median {r['median_s']:.3f} s for {r['samples']} samples)"
               f"  ratio to {counts[0]} rank(s): {r['samples_per_s'] / base:.2f}  ideal {n / counts[0]:.2f}")
+
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [WORKER]:  # a rank launched by `launch`, with the parent's config as key=value
+        worker(load_config_or_exit(ScalingConfig, argv[1:], validate))
+        return
+    run_cli(ScalingConfig, scale, argv, validate=validate, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """LIBERO env throughput: what lazy rendering, chunks, soft resets and workers buy.
 
-    python benchmarks/env_throughput.py [--steps 40] [--camera 256] [--skip-workers]
+    python benchmarks/env_throughput.py [steps=40] [camera=256] [repeats=3] [skip_workers=true] [--dry-run]
 
 Prints simulator steps/s of (a) plain LIBERO rendering both cameras every step
 (OffScreenRenderEnv.step), (b) LiberoEnv one action per step, (c) LiberoEnv with
@@ -12,9 +12,9 @@ The machine's other load moves these numbers: compare ratios from one run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import psutil
@@ -23,8 +23,24 @@ import torch
 import ript.envs  # noqa: F401  (MUJOCO_GL)
 from ript.envs import LiberoEnv, make_libero_env
 from ript.envs.libero_env import SETTLE_ACTION, _import_libero, get_suite, load_init_states
+from ript.recipes.common.cli import run_cli
+from ript.recipes.common.config import ConfigError
 
 SUITE, TASK = "libero_object", 0
+
+
+@dataclass
+class ThroughputConfig:
+    steps: int = 40  # simulator steps per measurement
+    camera: int = 256  # camera height = width
+    repeats: int = 3  # alternating a/b measurements; medians are reported
+    skip_workers: bool = False  # skip (e), which starts worker processes
+
+
+def validate(cfg: ThroughputConfig) -> None:
+    """Sizes, before any simulator is built."""
+    if cfg.steps < 1 or cfg.camera < 1 or cfg.repeats < 1:
+        raise ConfigError(f"steps, camera and repeats must be >= 1, got {cfg.steps}, {cfg.camera} and {cfg.repeats}")
 
 
 def _actions(n: int, seed: int = 0) -> np.ndarray:
@@ -126,16 +142,11 @@ def workers_rate(num: int, steps: int, camera: int) -> tuple[float, float]:
     return total / wall, busy
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=40, help="simulator steps per measurement")
-    p.add_argument("--camera", type=int, default=256, help="camera height = width")
-    p.add_argument("--repeats", type=int, default=3, help="alternating a/b measurements; medians are reported")
-    p.add_argument("--skip-workers", action="store_true", help="skip (e), which starts worker processes")
-    args = p.parse_args()
+def measure(args: ThroughputConfig) -> None:
+    """Every measurement (a)-(e) and their ratios."""
     rows = {}
     # a and b run the same renders, so their ratio is mostly llvmpipe's run-to-run noise:
-    # alternate them `--repeats` times and compare medians.
+    # alternate them `repeats` times and compare medians.
     a_runs, b_runs = [], []
     for _ in range(args.repeats):
         a_runs.append(plain_libero(args.steps, args.camera))
@@ -167,6 +178,10 @@ def main() -> None:
         print(f"  e  two workers / one  {two / one:6.2f}  (>= 1.7; {two:.1f} vs {one:.1f} steps/s)")
         print(f"     cores busy: one worker {busy1:.2f}, two workers {busy2:.2f} of {cores}; "
               f"ceiling for two on this machine {min(2.0, cores / busy1):.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(ThroughputConfig, measure, argv, validate=validate, description=__doc__)
 
 
 if __name__ == "__main__":

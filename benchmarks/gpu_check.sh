@@ -39,16 +39,16 @@ seconds() { local start=$SECONDS; "$@" > "$OUT/last.log" 2>&1 || { tail -20 "$OU
 echo
 echo "== 1. PI0 update step and action chunk in bf16, gradient checkpointing vs none (ratio = with / without)"
 if [[ $MODE == gpu ]]; then
-  timeout 150 "$PY" benchmarks/pi0_step.py --size tiny --device cuda --batch 8 --repeats 5
-  timeout 300 "$PY" benchmarks/pi0_step.py --size full --device cuda --batch 8 --repeats 3
+  timeout 150 "$PY" benchmarks/pi0_step.py size=tiny device=cuda batch=8 repeats=5
+  timeout 300 "$PY" benchmarks/pi0_step.py size=full device=cuda batch=8 repeats=3
 else
-  timeout 300 "$PY" benchmarks/pi0_step.py --size tiny --device cpu --batch 2 --repeats 2
-  echo "skipped: real-size PI0 on a GPU (no GPU here); on a CPU use benchmarks/pi0_full_size.py --size full"
+  timeout 300 "$PY" benchmarks/pi0_step.py size=tiny device=cpu batch=2 repeats=2
+  echo "skipped: real-size PI0 on a GPU (no GPU here); on a CPU use benchmarks/pi0_full_size.py size=full"
 fi
 
 echo
 echo "== 2. torchrun --nproc_per_node=1 with $BACKEND; then the toy recipe under torchrun vs a plain process on $DEV"
-timeout 120 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 benchmarks/nccl_probe.py --backend "$BACKEND" --mib 64 2>&1 | tail -1
+timeout 120 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 benchmarks/nccl_probe.py "backend=$BACKEND" mib=64 2>&1 | tail -1
 TOY=(--config-name toy "train.device=$DEV" train.iterations=2 eval.every=1000)
 plain=$(seconds timeout 180 "$PY" recipes/ript_cfg.py "${TOY[@]}" "logging.output_dir=$OUT/plain")
 ddp=$(seconds timeout 180 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 recipes/ript_cfg.py "${TOY[@]}" \
@@ -57,13 +57,13 @@ echo "plain ${plain} s, torchrun ${ddp} s, ratio torchrun / plain $(ratio "$ddp"
 
 echo
 echo "== 3. LIBERO rendering, 2 cameras at 224 px every step (ratio = against CPU rendering)"
-cpu_rate=$(MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa timeout 120 "$PY" benchmarks/render_rate.py --steps 40 2>"$OUT/render.err" | tee "$OUT/render.log" | sed -n 's/^steps_per_s=//p')
+cpu_rate=$(MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa timeout 120 "$PY" benchmarks/render_rate.py steps=40 2>"$OUT/render.err" | tee "$OUT/render.log" | sed -n 's/^steps_per_s=//p')
 echo "CPU (OSMesa): ${cpu_rate:-failed} steps/s"
 if [[ $MODE == gpu ]]; then
-  gpu_rate=$(MUJOCO_GL=egl PYOPENGL_PLATFORM=egl timeout 120 "$PY" benchmarks/render_rate.py --steps 40 --gpu-id 0 2>"$OUT/render.err" | sed -n 's/^steps_per_s=//p')
+  gpu_rate=$(MUJOCO_GL=egl PYOPENGL_PLATFORM=egl timeout 120 "$PY" benchmarks/render_rate.py steps=40 gpu_id=0 2>"$OUT/render.err" | sed -n 's/^steps_per_s=//p')
   echo "GPU 0 (EGL, render_gpu_device_id=0): ${gpu_rate:-failed} steps/s, ratio GPU / CPU $(ratio "${gpu_rate:-0}" "${cpu_rate:-0}")"
 else
-  egl_rate=$(MUJOCO_GL=egl PYOPENGL_PLATFORM=egl timeout 120 "$PY" benchmarks/render_rate.py --steps 40 2>"$OUT/render.err" | sed -n 's/^steps_per_s=//p')
+  egl_rate=$(MUJOCO_GL=egl PYOPENGL_PLATFORM=egl timeout 120 "$PY" benchmarks/render_rate.py steps=40 2>"$OUT/render.err" | sed -n 's/^steps_per_s=//p')
   echo "EGL on the default device (Mesa on a CPU machine): ${egl_rate:-failed} steps/s, ratio EGL / OSMesa $(ratio "${egl_rate:-0}" "${cpu_rate:-0}")"
   echo "skipped: EGL on a GPU (render_gpu_device_id=0) needs a GPU"
 fi

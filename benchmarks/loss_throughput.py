@@ -10,20 +10,40 @@ already in its format (float images, tokens), as its preprocessor would hand it 
 our side starts from the stored uint8 tensordict (conversion and cached tokenization
 included). Also prints the tiny actor's sampling time and per-sample loss fwd+bwd time.
 
-    .venv/bin/python benchmarks/loss_throughput.py --batch 8 --reps 20
+    .venv/bin/python benchmarks/loss_throughput.py batch=8 reps=20
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict
 
 from ript.algos import PI0Actor, RIPTCFGLoss, TinyPI0Spec
+from ript.recipes.common.cli import run_cli
+from ript.recipes.common.config import ConfigError
+
+
+@dataclass
+class LossConfig:
+    batch: int = 8
+    reps: int = 20  # interleaved repetitions; medians are compared
+    warmup: int = 3
+    image_size: int = 64
+    chunk_size: int = 10
+    width: int = 64  # tiny PI0 Gemma/SigLIP width
+    depth: int = 2
+    threads: int = 1  # torch intra-op threads (0 = torch's default)
+
+
+def validate(cfg: LossConfig) -> None:
+    """Sizes, before the policy is built."""
+    if cfg.reps < 1 or cfg.batch < 1:
+        raise ConfigError("reps and batch must be >= 1")
 
 
 def make_batch(actor: PI0Actor, batch: int, image_size: int, seed: int = 0) -> TensorDict:
@@ -54,20 +74,8 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--chunk-size", type=int, default=10)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
-    args = parser.parse_args()
-    if args.reps < 1 or args.batch < 1:
-        parser.error("--reps and --batch must be >= 1")
-
+def measure(args: LossConfig) -> None:
+    """Time every case interleaved and print medians and ratios against lerobot's forward."""
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -134,6 +142,10 @@ def main() -> None:
     print(f"PI0Actor.per_sample_loss fwd + bwd   : {med['per_sample'] * 1e3:8.1f} ms")
     print(f"PI0Actor.sample_actions (no_grad)    : {med['sample'] * 1e3:8.1f} ms   ({actor.policy.config.num_inference_steps} denoising steps)")
     print(f"PI0Actor.sample_actions guidance=1.5 : {med['sample_guided'] * 1e3:8.1f} ms   (two expert passes per step)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(LossConfig, measure, argv, validate=validate, description=__doc__)
 
 
 if __name__ == "__main__":

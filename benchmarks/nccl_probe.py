@@ -1,6 +1,6 @@
 """A process group under torchrun and the time of one all-reduce against a plain on-device copy of the same tensor.
 
-    .venv/bin/python -m torch.distributed.run --standalone --nproc_per_node=1 benchmarks/nccl_probe.py --backend nccl
+    .venv/bin/python -m torch.distributed.run --standalone --nproc_per_node=1 benchmarks/nccl_probe.py backend=nccl mib=64
 
 Why: the recipe only builds a process group for two or more ranks, so a one-GPU machine needs
 this probe to show that nccl initialises and reduces. Prints seconds per all-reduce, per copy
@@ -9,12 +9,30 @@ and their ratio (same process, same tensor).
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ript.recipes.common.cli import run_cli
+from ript.recipes.common.config import ConfigError
+
+
+@dataclass
+class ProbeConfig:
+    backend: str = "nccl"  # nccl (one GPU per rank) | gloo (CPU)
+    mib: int = 256  # tensor size
+    repeats: int = 10
+
+
+def validate(cfg: ProbeConfig) -> None:
+    """Backend and sizes, before a process group is built."""
+    if cfg.backend not in ("nccl", "gloo"):
+        raise ConfigError(f"backend={cfg.backend!r} is not one of ['nccl', 'gloo']: set backend=nccl or backend=gloo")
+    if cfg.mib < 1 or cfg.repeats < 1:
+        raise ConfigError(f"mib and repeats must be >= 1, got {cfg.mib} and {cfg.repeats}")
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:
@@ -29,12 +47,8 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", default="nccl", choices=("nccl", "gloo"))
-    p.add_argument("--mib", type=int, default=256, help="tensor size")
-    p.add_argument("--repeats", type=int, default=10)
-    args = p.parse_args()
+def probe(args: ProbeConfig) -> None:
+    """Build the process group, time one all-reduce against a copy, print one line."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if args.backend == "nccl" else torch.device("cpu")
     if device.type == "cuda":
@@ -50,6 +64,10 @@ def main() -> None:
               f"all_reduce of {args.mib} MiB {reduce_s * 1e3:.2f} ms, copy {copy_s * 1e3:.2f} ms, ratio all_reduce / copy {reduce_s / copy_s:.2f}, finite {ok}")
     finally:
         dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(ProbeConfig, probe, argv, validate=validate, description=__doc__)
 
 
 if __name__ == "__main__":

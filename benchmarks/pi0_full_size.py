@@ -1,10 +1,10 @@
 """A real-architecture PI0 through the whole ript path, from a config alone (no download).
 
-    .venv/bin/python benchmarks/pi0_full_size.py --size tiny        # the whole path in about 2 minutes
-    .venv/bin/python benchmarks/pi0_full_size.py --size full        # lerobot's gemma_2b + gemma_300m (about 17 GiB RSS)
+    .venv/bin/python benchmarks/pi0_full_size.py size=tiny        # the whole path in about 2 minutes
+    .venv/bin/python benchmarks/pi0_full_size.py size=full        # lerobot's gemma_2b + gemma_300m (about 17 GiB RSS)
 
 Steps, each in its own process so each peak RSS is its own:
-  1. build: PI0 with lerobot's default sizes (`--size full`) or the tiny test sizes, LIBERO features at
+  1. build: PI0 with lerobot's default sizes (`size=full`) or the tiny test sizes, LIBERO features at
      224 px, bfloat16 allocated directly (`bf16_construction`), random weights, PaliGemma's real
      vocabulary (257152) with the small offline LIBERO tokenizer; saved as a lerobot checkpoint with
      normalisation processors (the shipped tiny policy's statistics) and its tokenizer/. The actions
@@ -20,14 +20,13 @@ Steps, each in its own process so each peak RSS is its own:
 
 Printed: parameters (total, trainable with the trunk frozen), build and load seconds, peak RSS of
 each step, seconds per decision step (policy call + n_action_steps simulator steps + rendering, one
-env) and per update step, with checkpointing as a ratio against without it (same run). `--json`
+env) and per update step, with checkpointing as a ratio against without it (same run). `json=<file>`
 writes the numbers. Peak RSS is read from /proc (VmHWM, reset around collection and update), so
 the update's figure is the update's own, not the loading peak.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -36,17 +35,40 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 
+from ript.recipes.common.cli import load_config_or_exit, run_cli, to_dotlist  # noqa: E402
+from ript.recipes.common.config import ConfigError  # noqa: E402
+
 SHIPPED = ROOT / "configs" / "pretrained" / "tiny_pi0_libero"
 PALIGEMMA_VOCAB = 257152
 CHUNK, REPLAN, DENOISE = 50, 5, 10  # rl_training's chunk, replanning and denoising steps
 IMAGE = 224
 GIB = 2**30
+PHASE = "--phase"  # internal: argv[0] of the child step processes (`run_phase`)
+
+
+@dataclass
+class FullSizeConfig:
+    size: str = "tiny"  # tiny: test sizes (minutes) | full: lerobot's gemma_2b + gemma_300m
+    device: str = "cpu"  # cpu or cuda
+    max_steps: int = 10  # env.max_steps of the recipe runs (simulator steps per episode)
+    workdir: str | None = None  # where the checkpoint and runs go (default: a temporary directory, removed)
+    json: str | None = None  # write the results here
+    skip_recipe: bool = False  # build and reload only
+
+
+def validate(cfg: FullSizeConfig) -> None:
+    """Choices and counts, before anything is built."""
+    if cfg.size not in ("tiny", "full"):
+        raise ConfigError(f"size={cfg.size!r} is not one of ['tiny', 'full']: set size=tiny or size=full")
+    if cfg.max_steps < 1:
+        raise ConfigError(f"max_steps={cfg.max_steps} must be >= 1")
 
 
 # --------------------------------------------------------------------------- memory
@@ -244,7 +266,7 @@ def phase_recipe(argv: list[str]) -> dict[str, Any]:
 
 def run_phase(name: str, args: list[str], timeout_s: float) -> dict[str, Any]:
     """One step in a fresh interpreter (its own peak RSS); the child prints its result as the last JSON line."""
-    cmd = [sys.executable, __file__, "--phase", name, *args]
+    cmd = [sys.executable, __file__, PHASE, name, *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
     lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
     if res.returncode != 0 or not lines:
@@ -253,42 +275,44 @@ def run_phase(name: str, args: list[str], timeout_s: float) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=("tiny", "full"), default="tiny", help="tiny: test sizes (minutes); full: lerobot's gemma_2b + gemma_300m")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--max-steps", type=int, default=10, help="env.max_steps of the recipe runs (simulator steps per episode)")
-    parser.add_argument("--workdir", default=None, help="where the checkpoint and runs go (default: a temporary directory, removed)")
-    parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument("--skip-recipe", action="store_true", help="build and reload only")
-    parser.add_argument("--phase", choices=("build", "reload", "recipe"), default=None, help=argparse.SUPPRESS)
-    args, rest = parser.parse_known_args(argv)
-    if args.phase is not None:  # a child step
-        if args.phase == "recipe":
-            result = phase_recipe([a for a in rest if a != "--"])
-        else:
-            ckpt = Path(rest[0])
-            result = (phase_build if args.phase == "build" else phase_reload)(args.size, ckpt, args.device)
-        print(json.dumps(result))
-        return result
+def child_step(argv: list[str]) -> dict[str, Any]:
+    """A step in its own process: `recipe <trainer args...>` or `build|reload <checkpoint> <key=value of the config...>`."""
+    name, rest = argv[0], argv[1:]
+    if name == "recipe":
+        result = phase_recipe(rest)
+    else:
+        cfg = load_config_or_exit(FullSizeConfig, rest[1:], validate)
+        result = (phase_build if name == "build" else phase_reload)(cfg.size, Path(rest[0]), cfg.device)
+    print(json.dumps(result))
+    return result
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [PHASE]:  # a child step launched by run_phase
+        return child_step(argv[1:])
+    return run_cli(FullSizeConfig, run_all, argv, validate=validate, description=__doc__)
+
+
+def run_all(args: FullSizeConfig) -> dict[str, Any]:
+    """Build, reload and (unless skip_recipe) the two recipe runs, each in its own process; print the report."""
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=f"pi0_{args.size}_"))
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "checkpoint"
     limit = 3600 if args.size == "full" else 900
-    common = ["--size", args.size, "--device", args.device]
+    common = to_dotlist(args)
     results: dict[str, Any] = {"size": args.size, "device": args.device, "max_steps": args.max_steps}
     try:
         print(f"[{args.size}] building PI0 (bfloat16, random weights) and saving it to {ckpt} ...", flush=True)
-        results["build"] = run_phase("build", [*common, str(ckpt)], limit)
+        results["build"] = run_phase("build", [str(ckpt), *common], limit)
         print(f"[{args.size}] reloading with lerobot's PI0Policy.from_pretrained ...", flush=True)
-        results["reload"] = run_phase("reload", [*common, str(ckpt)], limit)
+        results["reload"] = run_phase("reload", [str(ckpt), *common], limit)
         if not args.skip_recipe:
             for checkpointing in (False, True):
                 name = "recipe_checkpointing" if checkpointing else "recipe"
                 print(f"[{args.size}] recipe on LIBERO, policy.gradient_checkpointing={str(checkpointing).lower()} ...", flush=True)
                 overrides = recipe_overrides(ckpt, work / name, checkpointing=checkpointing, max_steps=args.max_steps, device=args.device)
-                results[name] = run_phase("recipe", ["--", *overrides], limit)
+                results[name] = run_phase("recipe", overrides, limit)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,7 +1,7 @@
 """One PI0 update step (forward + backward + AdamW) and one action chunk, with and without gradient checkpointing.
 
-    .venv/bin/python benchmarks/pi0_step.py --size tiny --device cpu           # runs here in seconds
-    .venv/bin/python benchmarks/pi0_step.py --size full --device cuda --batch 8 # lerobot's real sizes on a GPU
+    .venv/bin/python benchmarks/pi0_step.py size=tiny device=cpu              # runs here in seconds
+    .venv/bin/python benchmarks/pi0_step.py size=full device=cuda batch=8     # lerobot's real sizes on a GPU
 
 The model is built from a config alone (random weights, bfloat16 allocated directly, LIBERO
 features at 224 px, chunk 50), on the target device when it is CUDA, with the trunk frozen as
@@ -13,10 +13,10 @@ and checkpointing as a ratio against no checkpointing measured in the same proce
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pi0_full_size import CHUNK, IMAGE, pi0_config, peak_rss_gib, reset_peak_rss, tiny_spec_for  # noqa: E402
 
+from ript.recipes.common.cli import run_cli  # noqa: E402
+from ript.recipes.common.config import ConfigError  # noqa: E402
+
 GIB = 2**30
+
+
+@dataclass
+class StepConfig:
+    size: str = "tiny"  # tiny | full (lerobot's gemma_2b + gemma_300m)
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")  # cpu | cuda | cuda:N
+    batch: int = 4  # samples per update step
+    repeats: int = 3
+    json: str | None = None  # write the numbers here
+
+
+def validate(cfg: StepConfig) -> None:
+    """Choices and sizes, before PI0 is built."""
+    if cfg.size not in ("tiny", "full"):
+        raise ConfigError(f"size={cfg.size!r} is not one of ['tiny', 'full']: set size=tiny or size=full")
+    if cfg.batch < 1 or cfg.repeats < 1:
+        raise ConfigError(f"batch and repeats must be >= 1, got {cfg.batch} and {cfg.repeats}")
+    try:
+        torch.device(cfg.device)
+    except RuntimeError as err:
+        raise ConfigError(f"device={cfg.device!r} is not a torch device: use cpu, cuda or cuda:N") from err
 
 
 def build(size: str, device: torch.device) -> Any:
@@ -110,14 +134,8 @@ def measure(actor: Any, td: Any, device: torch.device, *, checkpointing: bool, r
     return {"update_s": update_s, "update_peak_gib": update_peak, "chunk_s": sample_s}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", choices=("tiny", "full"), default="tiny")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=4, help="samples per update step")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
+def run(args: StepConfig) -> dict[str, Any]:
+    """Build PI0, measure with and without checkpointing, print the table."""
     device = torch.device(args.device)
     start = time.perf_counter()
     actor = build(args.size, device)
@@ -139,6 +157,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    return run_cli(StepConfig, run, argv, validate=validate, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ many-step baseline computed in the same process with the same noise: the ratio o
 (std over samples, averaged over dims and chunk positions), the mean shift and the mean
 absolute difference, both as fractions of the baseline's spread.
 
-    .venv/bin/python benchmarks/sampling_steps.py
+    .venv/bin/python benchmarks/sampling_steps.py [steps=[5,10]] [init_states=[40,41]] [samples=32] [--dry-run]
 """
 
 from __future__ import annotations
@@ -27,26 +27,39 @@ import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
 from ript.algos.pi0_actor import PI0Actor
 from ript.envs import NormStats, push_contexts
 from ript.envs import keys as K
-from ript.recipes.common.cli import dataclass_parser
-from ript.recipes.common.multitask import TaskWorkers, open_bc_checkpoint
+from ript.recipes.common.cli import run_cli
+from ript.recipes.common.config import ConfigError, resolve_repo_path
+from ript.recipes.common.multitask import TaskWorkers, read_bc_config
 
 
 @dataclass
 class StepsConfig:
-    checkpoint: str = "configs/pretrained/tiny_pi0_libero"
-    init_states: list[int] = field(default_factory=lambda: list(range(40, 46)))
+    checkpoint: str = "configs/pretrained/tiny_pi0_libero"  # written by recipes/bc_pretrain.py (with bc_config.json)
+    init_states: list[int] = field(default_factory=lambda: list(range(40, 46)))  # one start observation per task and init state
     samples: int = 32  # chunks per observation
-    steps: list[int] = field(default_factory=lambda: [5, 10])
+    steps: list[int] = field(default_factory=lambda: [5, 10])  # Euler step counts compared with the baseline
     baseline_steps: int = 50
     seed: int = 0
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
-    parser = dataclass_parser(StepsConfig, __doc__.splitlines()[0])
-    cfg = StepsConfig(**vars(parser.parse_args(argv)))
+def _open_checkpoint(cfg: StepsConfig) -> tuple[Path, dict]:
+    path = Path(resolve_repo_path(cfg.checkpoint))
+    try:
+        return path, read_bc_config(path)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from err
+
+
+def validate(cfg: StepsConfig) -> None:
+    """Counts and the checkpoint, before any LIBERO worker starts; raises ConfigError (one line)."""
     if cfg.samples < 2 or min(cfg.steps + [cfg.baseline_steps]) < 1:
-        parser.error("--samples must be >= 2 and every step count >= 1")
-    ckpt, bc = open_bc_checkpoint(parser, cfg.checkpoint)
+        raise ConfigError("samples must be >= 2 and every step count >= 1")
+    _open_checkpoint(cfg)
+
+
+def compare(cfg: StepsConfig) -> dict[str, dict[str, float]]:
+    """Sample each step count and the baseline from the same noise; print and return the ratios."""
+    ckpt, bc = _open_checkpoint(cfg)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(2)
     actor = PI0Actor.from_pretrained(ckpt, device="cpu")
@@ -84,6 +97,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
               f"mean shift {out[str(steps)]['mean_shift']:.3f} and |diff| {out[str(steps)]['abs_diff']:.3f} of the spread "
               f"({obs.shape[0]} observations x {cfg.samples} samples)")
     return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]] | None:
+    return run_cli(StepsConfig, compare, argv, validate=validate, description=__doc__)
 
 
 if __name__ == "__main__":

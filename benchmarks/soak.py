@@ -1,7 +1,7 @@
 """Soak test: run the recipe for a fixed wall time and report memory growth after warm-up.
 
-    .venv/bin/python benchmarks/soak.py --config toy --minutes 10 [--warmup-minutes 2] [key=value ...]
-    .venv/bin/python benchmarks/soak.py --config quick_test --minutes 5 env.num_envs=2
+    .venv/bin/python benchmarks/soak.py config=toy minutes=10 [warmup_minutes=2] [overrides=[key=value,...]]
+    .venv/bin/python benchmarks/soak.py config=quick_test minutes=5 overrides=[env.num_envs=2]
 
 A real run in a subprocess (iterations unbounded, checkpoints rare, no videos), its
 process tree's RSS (trainer + env workers) sampled every few seconds; at the end it
@@ -13,18 +13,39 @@ and the per-iteration trend from the run's CSV (mem/rss_gib) as GiB per 100 iter
 
 from __future__ import annotations
 
-import argparse
 import csv
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
+from ript.recipes.common.cli import run_cli
+from ript.recipes.common.config import ConfigError, available_configs, load_config
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class SoakConfig:
+    config: str = "toy"  # the trainer's --config-name
+    minutes: float = 10.0  # wall time of the run
+    warmup_minutes: float | None = None  # default: 20% of minutes
+    sample_s: float = 5.0  # seconds between RSS samples
+    overrides: list[str] = field(default_factory=list)  # trainer overrides, e.g. [env.num_envs=2]
+
+
+def validate(cfg: SoakConfig) -> None:
+    """Times, and the trainer's own validation of config + overrides, before the run starts."""
+    if cfg.minutes <= 0 or cfg.sample_s <= 0 or (cfg.warmup_minutes is not None and cfg.warmup_minutes < 0):
+        raise ConfigError("minutes and sample_s must be > 0 and warmup_minutes >= 0")
+    if cfg.config not in available_configs():
+        raise ConfigError(f"config={cfg.config!r} is unknown: pick config= from {available_configs()}")
+    load_config(cfg.config, cfg.overrides)
 
 
 def tree_rss(proc: psutil.Process) -> tuple[float, float]:
@@ -47,14 +68,8 @@ def slope_per_100(xs: list[float], ys: list[float]) -> float:
     return 100 * sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else float("nan")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="toy")
-    ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--warmup-minutes", type=float, default=None, help="default: 20%% of --minutes")
-    ap.add_argument("--sample-s", type=float, default=5.0)
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+def soak(args: SoakConfig) -> int:
+    """Run the recipe for `minutes`, sampling RSS; print growth after warm-up. 0 if the run ended cleanly."""
     warmup_s = 60 * (args.warmup_minutes if args.warmup_minutes is not None else 0.2 * args.minutes)
     total_s = 60 * args.minutes
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +98,7 @@ def main() -> int:
         rows = list(csv.DictReader(open(out / "metrics.csv"))) if (out / "metrics.csv").is_file() else []
     warm = [s for s in samples if s[0] >= warmup_s]
     if len(warm) < 2:
-        print("too few samples after warm-up: run longer or shorten --warmup-minutes")
+        print("too few samples after warm-up: run longer or shorten warmup_minutes")
         return 1
     (t0, own0, all0), (t1, own1, all1) = warm[0], warm[-1]
     print(f"soak of '{args.config}' {' '.join(args.overrides)}: {t1 / 60:.1f} min, warm-up {warmup_s / 60:.1f} min, "
@@ -102,6 +117,10 @@ def main() -> int:
     growth = 100 * (all1 / all0 - 1)
     print(f"  target <= 5 % over 30 min: {'met' if growth <= 5 else 'NOT met'} here ({growth:+.2f} % over {(t1 - t0) / 60:.1f} min)")
     return 0 if proc.returncode == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(SoakConfig, soak, argv, validate=validate, description=__doc__) or 0
 
 
 if __name__ == "__main__":

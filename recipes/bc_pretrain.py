@@ -15,14 +15,17 @@ so this recipe builds one, reproducibly, on a CPU:
      tokenised, by the same transforms the RL env uses
   4. training: flow matching through `PI0Actor.per_sample_loss`; +-shift pixel random-shift
      augmentation; AdamW, warm-up then constant LR (a checkpoint after k steps equals a
-     run with --steps k), and with --decay-steps a linear decay to 0 over the last steps
+     run with steps=k), and with decay_steps=N a linear decay to 0 over the last N steps
      (the run equals the constant one until the decay starts)
-  5. evaluation per task on held-out init states every --eval-every steps (the BC curve);
+  5. evaluation per task on held-out init states every eval_every steps (the BC curve);
      a checkpoint is saved in lerobot format with its norm stats as lerobot processors at
      every evaluation, so `policy.path=<out>_step<k>` works in the RIPT recipe.
 
-    python recipes/collect_demos.py --out data/scripted_libero
-    python recipes/bc_pretrain.py --dataset data/scripted_libero --out runs/bc/tiny_pi0_libero
+    python recipes/collect_demos.py out=data/scripted_libero
+    python recipes/bc_pretrain.py dataset=data/scripted_libero out=runs/bc/tiny_pi0_libero
+    python recipes/bc_pretrain.py dataset=data/scripted_libero steps=100 eval_init_states=[40,41] --dry-run
+
+Settings are `key=value` over `BCConfig` (`-h` lists them; recipes/common/cli.py).
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ from ript.envs import NormStats
 from ript.envs import keys as K
 from ript.envs.transforms import PI0StateTransform, PI0TokenizeTransform
 from ript.recipes.collect_demos import ACTION_KEY, EPISODES_FILE, IMAGE_KEY, STATE_KEY, WRIST_KEY
-from ript.recipes.common.cli import dataclass_parser
+from ript.recipes.common.cli import load_config_or_exit, run_cli
+from ript.recipes.common.config import ConfigError
 from ript.recipes.common.multitask import TaskWorkers
 from ript.recipes.common.optim import WeightEMA, make_optimizer, make_scheduler
 
@@ -98,7 +102,7 @@ def demo_info(cfg: BCConfig) -> dict[str, Any]:
     root = Path(cfg.dataset)
     for name in ("demo_config.json", EPISODES_FILE):
         if not (root / name).is_file():
-            raise FileNotFoundError(f"{root / name} missing: write the dataset with `python recipes/collect_demos.py --out {root}`")
+            raise FileNotFoundError(f"{root / name} missing: write the dataset with `python recipes/collect_demos.py out={root}`")
     return {"config": json.loads((root / "demo_config.json").read_text()),
             "episodes": json.loads((root / EPISODES_FILE).read_text())}
 
@@ -145,7 +149,7 @@ def action_chunks(actions: torch.Tensor, episode: torch.Tensor, chunk_size: int)
 
 
 def task_demo_limits(entries: list[str]) -> dict[str, int]:
-    """`--task-max-demos` entries (`TASK=N`) as {task: N}.
+    """`task_max_demos` entries (`TASK=N`) as {task: N}.
 
     Why: tasks differ in how few demos already saturate them; one cap for all cannot put every
     task's cloned success inside the headroom band RIPT needs.
@@ -154,7 +158,7 @@ def task_demo_limits(entries: list[str]) -> dict[str, int]:
     for entry in entries:
         task, sep, count = entry.rpartition("=")
         if not sep or not task or not count.isdigit() or int(count) < 1:
-            raise ValueError(f"--task-max-demos {entry}: write TASK=N with N >= 1, e.g. libero_goal:8=5")
+            raise ValueError(f"task_max_demos entry {entry}: write TASK=N with N >= 1, e.g. task_max_demos=[libero_goal:8=5]")
         limits[task] = int(count)
     return limits
 
@@ -163,13 +167,13 @@ def choose_demos(episodes: list[dict[str, Any]], cfg: BCConfig,
                  allowed: dict[str, list[int]] | None = None) -> tuple[list[int], dict[str, list[int]]]:
     """(episode indices, {task: init states}) of the demos to clone: each task's first ones in init-state order.
 
-    A task takes demos from `cfg.demo_init_states` up to its `--task-max-demos` cap, else
-    `--max-demos-per-task` (0: no cap); `allowed` narrows each task to the states it lists.
+    A task takes demos from `cfg.demo_init_states` up to its `task_max_demos` cap, else
+    `max_demos_per_task` (0: no cap); `allowed` narrows each task to the states it lists.
     """
     wanted, limits = set(cfg.demo_init_states), task_demo_limits(cfg.task_max_demos)
     unknown = sorted(set(limits) - {ep["task"] for ep in episodes})
     if unknown:
-        raise ValueError(f"--task-max-demos names {unknown}, not among {cfg.dataset}'s tasks; use names like libero_goal:8")
+        raise ValueError(f"task_max_demos names {unknown}, not among {cfg.dataset}'s tasks; use names like libero_goal:8")
     chosen, cloned = [], {}
     for ep in sorted(episodes, key=lambda e: (e["init_state_id"], e["episode_index"])):
         task, state = ep["task"], ep["init_state_id"]
@@ -204,7 +208,7 @@ def load_demos(cfg: BCConfig, actor: PI0Actor, stride: int = 1, norm: NormStats 
     info = demo_info(cfg)
     chosen, cloned = choose_demos(info["episodes"], cfg, allowed)
     if not chosen:
-        raise ValueError(f"no demo in {cfg.dataset} starts from --demo-init-states {cfg.demo_init_states}")
+        raise ValueError(f"no demo in {cfg.dataset} starts from demo_init_states={cfg.demo_init_states}")
     per_task = {task: len(states) for task, states in cloned.items()}
     dataset = LeRobotDataset(cfg.repo_id, root=cfg.dataset)
     table = dataset.hf_dataset.with_format("arrow")[:]
@@ -341,32 +345,38 @@ def train(cfg: BCConfig, log=print) -> dict[str, Any]:
     return {"curve": curve, "out": out, **meta}
 
 
-def parse_args(argv: list[str] | None = None) -> BCConfig:
-    parser = dataclass_parser(BCConfig, __doc__.split("\n")[0])
-    args = parser.parse_args(argv)
-    cfg = BCConfig(**vars(args))
+def validate(cfg: BCConfig) -> None:
+    """Checks before any demo is read (also run by --dry-run); raises ConfigError (one line)."""
     if cfg.steps < 1 or cfg.batch_size < 1:
-        parser.error(f"--steps and --batch-size must be >= 1, got {cfg.steps} and {cfg.batch_size}")
+        raise ConfigError(f"steps and batch_size must be >= 1, got {cfg.steps} and {cfg.batch_size}")
     if not 0 <= cfg.decay_steps <= cfg.steps:
-        parser.error(f"--decay-steps must be within 0..--steps ({cfg.steps}), got {cfg.decay_steps}")
+        raise ConfigError(f"decay_steps must be within 0..steps ({cfg.steps}), got {cfg.decay_steps}")
     if not 0.0 <= cfg.ema_decay < 1.0:
-        parser.error(f"--ema-decay must be in [0, 1) (0 saves the raw weights), got {cfg.ema_decay}")
+        raise ConfigError(f"ema_decay must be in [0, 1) (0 saves the raw weights), got {cfg.ema_decay}")
     if set(cfg.demo_init_states) & set(cfg.eval_init_states):
-        parser.error("--eval-init-states must not overlap --demo-init-states (held-out evaluation)")
+        raise ConfigError("eval_init_states must not overlap demo_init_states (held-out evaluation)")
     try:
         task_demo_limits(cfg.task_max_demos)
     except ValueError as err:
-        parser.error(str(err))
+        raise ConfigError(str(err)) from err
     if not Path(cfg.dataset).is_dir():
-        parser.error(f"--dataset {cfg.dataset} not found: write it with `python recipes/collect_demos.py --out {cfg.dataset}`")
-    return cfg
+        raise ConfigError(f"dataset={cfg.dataset} not found: write it with `python recipes/collect_demos.py out={cfg.dataset}`")
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> BCConfig:
+    """argv as a validated BCConfig, or one `config error:` line and exit 2."""
+    return load_config_or_exit(BCConfig, argv, validate)
+
+
+def _train_and_print(cfg: BCConfig) -> dict[str, Any]:
     result = train(cfg, log=lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True))
     print(json.dumps({"out": str(result["out"]), "curve": result["curve"]}, indent=2))
     return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Behaviour-clone the warm start (or, with --dry-run, print the config and stop)."""
+    return run_cli(BCConfig, _train_and_print, argv, validate=validate, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ resize-with-padded to `image_size` by the PI0 image transform, and the raw 8-dim
 dataset's statistics. Only successful episodes are written; the expert's success rate
 per task is printed and saved to `<out>/expert_success.json`.
 
-    python recipes/collect_demos.py --out data/scripted_libero
+    python recipes/collect_demos.py out=data/scripted_libero
+    python recipes/collect_demos.py out=data/x tasks=[libero_goal:8] init_states=[0,1,2] --dry-run   # config only
+
+Settings are `key=value` over `DemoConfig` (`-h` lists them; recipes/common/cli.py).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ if __package__ in (None, ""):  # run as a script: make `ript` importable from a 
 import numpy as np
 import torch
 
-from ript.recipes.common.cli import dataclass_parser
+from ript.recipes.common.cli import load_config_or_exit, run_cli
+from ript.recipes.common.config import ConfigError
 from ript.recipes.common.multitask import parse_task
 from ript.recipes.common.preflight import PreflightError, check_libero_contexts
 
@@ -173,7 +177,7 @@ def collect(cfg: DemoConfig, log=print) -> dict[str, Any]:
     if not cfg.measure_only:
         if out.exists():
             if not cfg.overwrite:
-                raise FileExistsError(f"{out} exists: pass --overwrite to replace it or choose another --out")
+                raise FileExistsError(f"{out} exists: pass overwrite=true to replace it or choose another out=")
             shutil.rmtree(out)
         dataset = LeRobotDataset.create(cfg.repo_id, fps=FPS, features=dataset_features(cfg.image_size), root=out,
                                         robot_type="panda", use_videos=False)
@@ -233,29 +237,30 @@ def collect(cfg: DemoConfig, log=print) -> dict[str, Any]:
     return summary
 
 
-def parse_args(argv: list[str] | None = None) -> DemoConfig:
-    parser = dataclass_parser(DemoConfig, __doc__.split("\n")[0])
-    cfg = DemoConfig(**vars(parser.parse_args(argv)))
+def validate(cfg: DemoConfig) -> None:
+    """Everything checkable before a worker starts (also run by --dry-run); raises ConfigError (one line)."""
     try:
-        for spec in cfg.tasks:
-            parse_task(spec)
+        specs = [parse_task(spec) for spec in cfg.tasks]
     except ValueError as err:
-        parser.error(str(err))
+        raise ConfigError(f"{err}: write tasks=[suite:task_id,...]") from err
     if cfg.camera_size < 1 or cfg.image_size < 1 or cfg.n_action_steps < 1:
-        parser.error("--camera-size, --image-size and --n-action-steps must be >= 1")
+        raise ConfigError("camera_size, image_size and n_action_steps must be >= 1")
     try:  # an out-of-range task or init state would only fail in a worker, after the dataset was started
-        for spec in cfg.tasks:
-            suite, task = parse_task(spec)
-            check_libero_contexts(suite, [task], {"--init-states": cfg.init_states}, tasks_key=f"--tasks {spec}")
+        for spec, (suite, task) in zip(cfg.tasks, specs):
+            check_libero_contexts(suite, [task], {"init_states": cfg.init_states}, tasks_key=f"task {spec}")
     except PreflightError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return cfg
+        raise ConfigError(str(err)) from err
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_args(argv)
-    return collect(cfg, log=lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True))
+def parse_args(argv: list[str] | None = None) -> DemoConfig:
+    """argv as a validated DemoConfig, or one `config error:` line and exit 2."""
+    return load_config_or_exit(DemoConfig, argv, validate)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Collect the demonstrations (or, with --dry-run, print the config and stop)."""
+    return run_cli(DemoConfig, lambda cfg: collect(cfg, log=lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)),
+                   argv, validate=validate, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
     python recipes/eval_libero.py policy.path=/ckpt/pi0_libero suite=libero_goal
     python recipes/eval_libero.py policy.path=runs/x/checkpoints/iter_000010/policy suites=[libero_object,libero_goal] tasks=[0,1] eval.episodes=10
+    python recipes/eval_libero.py suite=libero_goal tasks=[0] --dry-run   # the validated config, then stop
 
 Shorthands: `suite=`, `suites=[...]` (each evaluated in turn), `tasks=[...]` (default:
 every task of the suite), `out=<dir>`. Everything else is the training config
 (`--config-name`, dotted overrides). Episodes use the suite's openpi episode length
 unless env.max_steps is given, and the held-out init states of `eval.init_states`.
+`--dry-run` prints the resolved config (and the suites, tasks and output dir) after
+validation and stops: no policy, no env, nothing written.
 Fixtures are placed by `eval.fixture_placement`: upstream (default; LIBERO's per-reset
 jitter, as in published numbers) or pinned (one scene per context, as in training).
 Writes <out>/eval.csv and eval.md (per task, per suite, overall; eval.md and config.yaml
@@ -93,6 +96,8 @@ def evaluate_checkpoint(cfg: RIPTConfig, suites: list[str], tasks: list[int] | N
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
+    dry_run = "--dry-run" in argv
+    argv = [a for a in argv if a != "--dry-run"]
     try:
         rest, suites, tasks, out = split_shorthands(argv)
     except ConfigError as e:
@@ -108,8 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(2)
     suites = suites or [cfg.env.suite]
     try:
-        # device, disk, checkpoint + norm stats vs LIBERO, each suite's tasks and init states, rendering: before loading anything
-        run_preflight(cfg, out_dir, contexts=False)
+        # each suite's tasks and init states (LIBERO's registry only), then device, disk, checkpoint + norm stats vs LIBERO, rendering
         for suite in suites:
             try:
                 n_tasks = len(suite_sizes(suite))
@@ -118,6 +122,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             check_libero_contexts(suite, tasks if tasks is not None else range(n_tasks),
                                   {"eval.init_states": cfg.eval.init_states, "env.train_init_states": cfg.env.train_init_states[:1]},
                                   tasks_key="tasks")
+        if dry_run:  # the validated config; the machine checks below and the evaluation are what a real run adds
+            print(to_yaml(cfg), end="")
+            print(f"eval: suites={suites} tasks={tasks if tasks is not None else 'all'} out={out_dir}")
+            return {"config": cfg, "suites": suites, "tasks": tasks, "output_dir": out_dir}
+        run_preflight(cfg, out_dir, contexts=False)
     except PreflightError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -18,7 +18,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional, TypeVar
+from typing import Any, Callable, NamedTuple, NoReturn, Optional, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -261,14 +261,22 @@ def _normalise_yaml_bools(node: DictConfig) -> None:
         node["amp"] = "off"
 
 
-def _one_line(e: OmegaConfBaseException) -> str:
+def one_line_error(e: OmegaConfBaseException, schema: str = "see recipes/common/config.py for the schema",
+                   fix: str = "fix the override or YAML") -> str:
+    """OmegaConf's multi-line error as the one line a user acts on: the key, what is wrong, the fix."""
     msg = str(e).splitlines()[0]
     key = getattr(e, "full_key", None)
     if "not in" in msg and key:
-        return f"unknown key '{key}': remove it or fix its spelling (see recipes/common/config.py for the schema)"
+        return f"unknown key '{key}': remove it or fix its spelling ({schema})"
     if key:
-        return f"bad value for '{key}': {msg}; fix the override or YAML"
-    return f"{msg}; fix the override or YAML"
+        return f"bad value for '{key}': {msg}; {fix}"
+    return f"{msg}; {fix}"
+
+
+def exit_config_error(e: ConfigError) -> NoReturn:
+    """Every entry point reports a fixable config problem the same way: one stderr line, exit code 2."""
+    print(f"config error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def load_config(
@@ -294,7 +302,7 @@ def load_config(
         merged.config_name = config_name
         cfg: RIPTConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
-        raise ConfigError(_one_line(e)) from e
+        raise ConfigError(one_line_error(e)) from e
     cfg.policy.path = resolve_repo_path(cfg.policy.path)
     validate(cfg)
     return cfg
@@ -461,7 +469,7 @@ def from_dict(data: dict[str, Any]) -> RIPTConfig:
     try:
         cfg: RIPTConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RIPTConfig), data))  # type: ignore[assignment]
     except OmegaConfBaseException as e:
-        raise ConfigError(_one_line(e)) from e
+        raise ConfigError(one_line_error(e)) from e
     validate(cfg)
     return cfg
 
@@ -503,8 +511,7 @@ def main_config(argv: list[str] | None = None, config_dir: Path | str = CONFIG_D
     except ConfigError as e:
         if debug:
             raise
-        print(f"config error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_config_error(e)
 
 
 def run_main(fn: Callable[[RIPTConfig], T], argv: list[str] | None = None) -> T:
@@ -515,5 +522,4 @@ def run_main(fn: Callable[[RIPTConfig], T], argv: list[str] | None = None) -> T:
     except ConfigError as e:
         if cfg.debug:
             raise
-        print(f"config error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_config_error(e)

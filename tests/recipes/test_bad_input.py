@@ -215,14 +215,14 @@ def test_eval_libero_refuses_out_of_range_contexts(argv: list[str], expected: st
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--tasks", "libero_spatial:2", "libero_90:90"], "--tasks libero_90:90 has [90] out of range: libero_90 has tasks 0..89"),
-    (["--tasks", "libero_goal:8", "--init-states", "0", "50"], "--init-states has [50] out of range: libero_goal tasks [8] ship init states 0..49"),
+    (["tasks=[libero_spatial:2,libero_90:90]"], "task libero_90:90 has [90] out of range: libero_90 has tasks 0..89"),
+    (["tasks=[libero_goal:8]", "init_states=[0,50]"], "init_states has [50] out of range: libero_goal tasks [8] ship init states 0..49"),
 ], ids=["task", "init_state"])
 def test_collect_demos_refuses_out_of_range_contexts(argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import collect_demos
 
     out = tmp_path / "demos"
-    _one_line_exit_2(collect_demos.main, [*argv, "--out", str(out)], expected, capsys)
+    _one_line_exit_2(collect_demos.main, [*argv, f"out={out}"], expected, capsys)
     assert not out.exists()
 
 

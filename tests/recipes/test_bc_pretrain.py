@@ -21,18 +21,18 @@ def test_random_shift_moves_content_and_keeps_dtype():
 
 def test_overlapping_eval_states_are_rejected(tmp_path):
     with pytest.raises(SystemExit):
-        bc_pretrain.parse_args(["--dataset", str(tmp_path), "--demo-init-states", "0", "1", "--eval-init-states", "1"])
+        bc_pretrain.parse_args([f"dataset={tmp_path}", "demo_init_states=[0,1]", "eval_init_states=[1]"])
 
 
 def test_decay_longer_than_the_run_is_rejected(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        bc_pretrain.parse_args(["--dataset", str(tmp_path), "--steps", "10", "--decay-steps", "11"])
-    assert "--decay-steps" in capsys.readouterr().err
+        bc_pretrain.parse_args([f"dataset={tmp_path}", "steps=10", "decay_steps=11"])
+    assert "decay_steps" in capsys.readouterr().err
 
 
 def test_missing_dataset_names_the_command_that_writes_it(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        bc_pretrain.parse_args(["--dataset", str(tmp_path / "nope")])
+        bc_pretrain.parse_args([f"dataset={tmp_path / 'nope'}"])
     assert "recipes/collect_demos.py" in capsys.readouterr().err
 
 
@@ -45,8 +45,8 @@ def test_relative_policy_path_resolves_from_repo_root(tmp_path, monkeypatch):
 
 def test_ema_decay_outside_its_range_is_rejected(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        bc_pretrain.parse_args(["--dataset", str(tmp_path), "--ema-decay", "1"])
-    assert "--ema-decay must be in [0, 1)" in capsys.readouterr().err
+        bc_pretrain.parse_args([f"dataset={tmp_path}", "ema_decay=1"])
+    assert "ema_decay must be in [0, 1)" in capsys.readouterr().err
 
 
 def _episodes() -> list[dict]:
@@ -77,7 +77,7 @@ def test_replay_keeps_each_task_to_the_states_it_was_cloned_on():
 def test_bad_per_task_caps_name_the_format(tmp_path, capsys):
     for bad in ("libero_goal:8", "libero_goal:8=0", "=3", "libero_goal:8=x"):
         with pytest.raises(SystemExit):
-            bc_pretrain.parse_args(["--dataset", str(tmp_path), "--task-max-demos", bad])
+            bc_pretrain.parse_args([f"dataset={tmp_path}", f"task_max_demos=[{bad}]"])
         assert "write TASK=N with N >= 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not among"):
         bc_pretrain.choose_demos(_episodes(), bc_pretrain.BCConfig(task_max_demos=["libero_goal:3=2"]))

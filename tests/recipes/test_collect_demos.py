@@ -17,7 +17,7 @@ import ript.envs  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
 from ript.recipes import bc_pretrain, collect_demos
 
 K_CHUNK = "action_chunk"
-TINY = ["--width", "32", "--depth", "1", "--vision-width", "32", "--vision-layers", "1", "--patch-size", "8", "--threads", "1"]
+TINY = ["width=32", "depth=1", "vision_width=32", "vision_layers=1", "patch_size=8", "threads=1"]
 
 
 def test_task_specs_parse_or_name_the_format():
@@ -26,7 +26,7 @@ def test_task_specs_parse_or_name_the_format():
         with pytest.raises(ValueError, match="suite:task_id"):
             collect_demos.parse_task(bad)
     with pytest.raises(SystemExit):
-        collect_demos.parse_args(["--tasks", "libero_object"])
+        collect_demos.parse_args(["tasks=[libero_object]"])
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_demo_episode_round_trips_through_lerobot_dataset(demo_dir):
 
 @pytest.mark.slow
 def test_bc_lowers_the_loss_on_a_demo_batch(demo_dir):
-    cfg = bc_pretrain.parse_args(["--dataset", str(demo_dir), "--demo-init-states", "0", "--eval-init-states", "45", *TINY])
+    cfg = bc_pretrain.parse_args([f"dataset={demo_dir}", "demo_init_states=[0]", "eval_init_states=[45]", *TINY])
     actor = bc_pretrain.make_actor(cfg, image_size=32)
     data, norm, info = bc_pretrain.load_demos(cfg, actor)
     assert info["demos"] == 1 and len(data) == info["frames"]
@@ -114,11 +114,11 @@ def test_bc_run_saves_a_checkpoint_the_recipe_loads(demo_dir, tmp_path):
     from ript.recipes.common.factories import make_policy
 
     out = tmp_path / "ckpt"
-    result = bc_pretrain.main(["--dataset", str(demo_dir), "--out", str(out), "--demo-init-states", "0",
-                               "--eval-init-states", "45", "--steps", "2", "--batch-size", "4", "--eval-every", "0", "--save-every", "1",
-                               "--ema-decay", "0.99", *TINY])  # the averaged weights are what is evaluated and saved
+    result = bc_pretrain.main([f"dataset={demo_dir}", f"out={out}", "demo_init_states=[0]", "eval_init_states=[45]",
+                               "steps=2", "batch_size=4", "eval_every=0", "save_every=1",
+                               "ema_decay=0.99", *TINY])  # the averaged weights are what is evaluated and saved
     assert result["demos"] == 1 and len(result["curve"]) == 1
-    # --save-every keeps an unevaluated snapshot per N steps beside the final checkpoint
+    # save_every keeps an unevaluated snapshot per N steps beside the final checkpoint
     snapshot = json.loads((tmp_path / "ckpt_step1" / "bc_config.json").read_text())
     assert snapshot["saved_at_step"] == 1 and snapshot["curve"] == [] and (tmp_path / "ckpt_step1" / "model.safetensors").is_file()
     assert 0.0 <= result["curve"][0]["success"]["libero_object:1"] <= 1.0
@@ -145,7 +145,7 @@ def test_replayed_demos_are_decision_steps_the_rl_update_trains_on(demo_dir, imp
     from ript.recipes.common.factories import stored_keys
 
     bench = import_benchmark("learning_libero")
-    cfg = bc_pretrain.parse_args(["--dataset", str(demo_dir), "--demo-init-states", "0", "--eval-init-states", "45", *TINY])
+    cfg = bc_pretrain.parse_args([f"dataset={demo_dir}", "demo_init_states=[0]", "eval_init_states=[45]", *TINY])
     actor = bc_pretrain.make_actor(cfg, image_size=32)
     frames, norm, info = bc_pretrain.load_demos(cfg, actor)
     steps = bench.expert_steps(actor, str(demo_dir), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0], norm)

@@ -24,7 +24,7 @@ def _check(results: dict) -> None:
 @pytest.mark.slow
 def test_tiny_pi0_through_the_real_size_path(import_benchmark, tmp_path) -> None:
     bench = import_benchmark("pi0_full_size")
-    results = bench.main(["--size", "tiny", "--max-steps", "10", "--workdir", str(tmp_path)])
+    results = bench.main(["size=tiny", "max_steps=10", f"workdir={tmp_path}"])
     _check(results)
     assert results["build"]["params_total"] > 257152 * 64  # the real vocabulary, at tiny width
 
@@ -33,6 +33,6 @@ def test_tiny_pi0_through_the_real_size_path(import_benchmark, tmp_path) -> None
 def test_real_size_pi0_on_cpu(import_benchmark, tmp_path) -> None:
     """lerobot's gemma_2b + gemma_300m: about 4.0 B parameters, from a config alone."""
     bench = import_benchmark("pi0_full_size")
-    results = bench.main(["--size", "full", "--max-steps", "10", "--workdir", str(tmp_path)])
+    results = bench.main(["size=full", "max_steps=10", f"workdir={tmp_path}"])
     _check(results)
     assert results["build"]["params_total"] > 3.0e9
