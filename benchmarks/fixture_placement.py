@@ -1,8 +1,8 @@
 """Pinned against upstream fixture placement: success and the spread of outcomes within groups.
 
-    python benchmarks/fixture_placement.py --modes pinned --tasks libero_goal:8     # one process per (mode, task)
-    python benchmarks/fixture_placement.py --modes upstream --tasks libero_goal:8
-    python benchmarks/fixture_placement.py --summarise            # rewrite the JSON + markdown from what finished
+    python benchmarks/fixture_placement.py modes=[pinned] tasks=[libero_goal:8]     # one process per (mode, task)
+    python benchmarks/fixture_placement.py modes=[upstream] tasks=[libero_goal:8]
+    python benchmarks/fixture_placement.py summarise=true tasks=[libero_goal:8,libero_spatial:2]   # the JSON + markdown
 
 The shipped policy (configs/pretrained/tiny_pi0_libero) on each of its tasks, held-out
 init states x repeats, through the trainer's evaluator (`TaskWorkers`, one
@@ -17,13 +17,13 @@ variance p(1-p) and the variance of p across init states.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
 import time
 import zlib
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 if __package__ in (None, ""):
@@ -36,7 +36,8 @@ import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
 from ript.algos.pi0_actor import PI0Actor
 from ript.envs import NormStats
 from ript.recipes.common.checkpoint import write_json_atomic
-from ript.recipes.common.config import resolve_repo_path
+from ript.recipes.common.cli import run_cli
+from ript.recipes.common.config import ConfigError, resolve_repo_path
 from ript.recipes.common.multitask import TaskWorkers, read_bc_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,26 +96,37 @@ def write_report(summary: dict[str, Any], json_path: Path) -> None:
     json_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default="configs/pretrained/tiny_pi0_libero")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--tasks", nargs="+", default=None, help="suite:task (default: the checkpoint's tasks)")
-    parser.add_argument("--init-states", type=int, nargs="+", default=list(range(40, 50)))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--group-size", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--parts", default="runs/fixture_placement", help="one JSON per finished (mode, task, init state)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks/results/fixture_placement.json"))
-    parser.add_argument("--summarise", action="store_true", help="only rewrite --out from the finished parts")
-    args = parser.parse_args(argv)
+@dataclass
+class PlacementCheck:
+    """What to measure: modes, tasks (one per process), held-out init states x repeats, and where the parts go."""
+
+    checkpoint: str = "configs/pretrained/tiny_pi0_libero"
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    tasks: list[str] = field(default_factory=list)  # suite:task; one per process (summarise=true reads them all)
+    init_states: list[int] = field(default_factory=lambda: list(range(40, 50)))
+    repeats: int = 5
+    group_size: int = 4
+    seed: int = 0
+    threads: int = 1
+    parts: str = "runs/fixture_placement"  # one JSON per finished (mode, task, init state)
+    out: str = str(REPO / "benchmarks/results/fixture_placement.json")
+    summarise: bool = False  # only rewrite `out` from the finished parts
+
+
+def validate(args: PlacementCheck) -> None:
+    """Settings a measurement cannot run with, as one-line errors."""
+    if any(m not in MODES for m in args.modes):
+        raise ConfigError(f"modes={args.modes}: use {list(MODES)}")
     if not 2 <= args.group_size <= args.repeats:
-        parser.error(f"--group-size must be in [2, --repeats={args.repeats}]")
-    if not args.summarise and (args.tasks is None or len(args.tasks) != 1):
+        raise ConfigError(f"group_size must be in [2, repeats={args.repeats}]")
+    if not args.summarise and len(args.tasks) != 1:
         # a task evaluated after another task's simulator closed in the same process scored far lower
         # (libero_spatial 2: 0/35 against 9/35 alone): one simulator per process until that is understood
-        parser.error("evaluate one task per process: pass one --tasks suite:task (--summarise reads them all)")
+        raise ConfigError("evaluate one task per process: pass tasks=[suite:task] (summarise=true reads them all)")
+
+
+def main(args: PlacementCheck) -> dict[str, Any]:
+    """Measure the missing units of each (mode, task), then summarise every finished part."""
     ckpt = Path(resolve_repo_path(args.checkpoint))
     bc = read_bc_config(ckpt)
     tasks = args.tasks or list(bc["tasks"])
@@ -150,4 +162,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(PlacementCheck, main, validate=validate)

@@ -107,5 +107,10 @@ def main(check: LiberoCheck) -> dict[str, Any]:
     return result
 
 
+def check_recipe(check: LiberoCheck) -> None:
+    """The recipe overrides must make a valid libero_learning config (ConfigError otherwise), checked by --dry-run too."""
+    load_config("libero_learning", list(check.recipe))
+
+
 if __name__ == "__main__":
-    run_cli(LiberoCheck, main)
+    run_cli(LiberoCheck, main, validate=check_recipe)

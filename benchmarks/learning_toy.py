@@ -82,5 +82,10 @@ def main(check: ToyCheck) -> list[dict[str, Any]]:
     return results
 
 
+def check_recipe(check: ToyCheck) -> None:
+    """The recipe overrides must make a valid toy_learning config (ConfigError otherwise), checked by --dry-run too."""
+    load_config("toy_learning", list(check.recipe))
+
+
 if __name__ == "__main__":
-    run_cli(ToyCheck, main)
+    run_cli(ToyCheck, main, validate=check_recipe)

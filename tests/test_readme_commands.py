@@ -26,8 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
 # Being rewritten to the one config system by another change: their README commands are reported, not required yet.
-REWRITTEN_ELSEWHERE = {"benchmarks/learning_libero.py", "benchmarks/learning_toy.py", "benchmarks/update_drift.py",
-                       "benchmarks/fixture_placement.py"}
+REWRITTEN_ELSEWHERE: set[str] = set()
 # Inputs a README command expects on the user's machine, and what stands in for them here.
 CHECKPOINT_STAND_INS = {"/ckpt/pi0_libero": "configs/pretrained/tiny_pi0_libero",  # a local lerobot PI0 checkpoint
                         "/ckpt/paligemma_tokenizer": "configs/pretrained/tiny_pi0_libero/tokenizer"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import ript.envs  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
 from ript.recipes import bc_pretrain, collect_demos
 
 K_CHUNK = "action_chunk"
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["width=32", "depth=1", "vision_width=32", "vision_layers=1", "patch_size=8", "threads=1"]
 
 
@@ -107,20 +109,27 @@ def test_bc_lowers_the_loss_on_a_demo_batch(demo_dir):
 
 
 
+@pytest.fixture(scope="module")
+def bc_run(demo_dir, tmp_path_factory):
+    """A 2-step BC checkpoint of the one demo (EMA weights saved), and bc_pretrain's result."""
+    out = tmp_path_factory.mktemp("bc") / "ckpt"
+    result = bc_pretrain.main([f"dataset={demo_dir}", f"out={out}", "demo_init_states=[0]", "eval_init_states=[45]",
+                               "steps=2", "batch_size=4", "eval_every=0", "save_every=1",
+                               "ema_decay=0.99", *TINY])  # the averaged weights are what is evaluated and saved
+    return out, result
+
+
 @pytest.mark.slow
-def test_bc_run_saves_a_checkpoint_the_recipe_loads(demo_dir, tmp_path):
+def test_bc_run_saves_a_checkpoint_the_recipe_loads(bc_run):
     from ript.envs import NormStats
     from ript.recipes.common.config import ConfigError, load_config
     from ript.recipes.common.factories import make_policy
 
-    out = tmp_path / "ckpt"
-    result = bc_pretrain.main([f"dataset={demo_dir}", f"out={out}", "demo_init_states=[0]", "eval_init_states=[45]",
-                               "steps=2", "batch_size=4", "eval_every=0", "save_every=1",
-                               "ema_decay=0.99", *TINY])  # the averaged weights are what is evaluated and saved
+    out, result = bc_run
     assert result["demos"] == 1 and len(result["curve"]) == 1
     # save_every keeps an unevaluated snapshot per N steps beside the final checkpoint
-    snapshot = json.loads((tmp_path / "ckpt_step1" / "bc_config.json").read_text())
-    assert snapshot["saved_at_step"] == 1 and snapshot["curve"] == [] and (tmp_path / "ckpt_step1" / "model.safetensors").is_file()
+    snapshot = json.loads((out.parent / "ckpt_step1" / "bc_config.json").read_text())
+    assert snapshot["saved_at_step"] == 1 and snapshot["curve"] == [] and (out.parent / "ckpt_step1" / "model.safetensors").is_file()
     assert 0.0 <= result["curve"][0]["success"]["libero_object:1"] <= 1.0
     saved = json.loads((out / "bc_config.json").read_text())
     assert saved["tasks"] == ["libero_object:1"] and saved["camera_size"] == 32 and saved["curve"] == result["curve"]
@@ -138,42 +147,51 @@ def test_bc_run_saves_a_checkpoint_the_recipe_loads(demo_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_replayed_demos_are_decision_steps_the_rl_update_trains_on(demo_dir, import_benchmark, capsys):
-    """learning_libero --demo-replay: expert steps shaped like kept rollout steps (advantage +1), every replanning step."""
+def test_replayed_demos_are_decision_steps_the_rl_update_trains_on(demo_dir, bc_run, tmp_path):
+    """algo.demo_replay: expert steps shaped like kept rollout steps (advantage +1), every replanning step, in the recipe's update."""
+    import csv
+    import sys
+
     from ript.algos import RIPTCFGLoss
     from ript.envs import NormStats
-    from ript.recipes.common.factories import stored_keys
+    from ript.recipes.common.config import ConfigError, load_config
+    from ript.recipes.common.demo_replay import DemoReplay, plan_demo_replay
+    from ript.recipes.common.factories import make_policy, stored_keys
 
-    bench = import_benchmark("learning_libero")
-    cfg = bc_pretrain.parse_args([f"dataset={demo_dir}", "demo_init_states=[0]", "eval_init_states=[45]", *TINY])
-    actor = bc_pretrain.make_actor(cfg, image_size=32)
-    frames, norm, info = bc_pretrain.load_demos(cfg, actor)
-    steps = bench.expert_steps(actor, str(demo_dir), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0], norm)
+    out, _ = bc_run
+    base = [f"policy.path={out}", "env.camera_size=32", "env.tasks=[libero_object:1]", f"algo.demo_dataset={demo_dir}",
+            "algo.demo_replay=1", "env.train_init_states=[0,1,2]"]
+    cfg = load_config("quick_test", base)
+    actor, norm = make_policy(cfg, torch.device("cpu")), NormStats.from_lerobot_checkpoint(out)
+    replay = DemoReplay(cfg, actor, norm)
+    assert replay.plan.init_states == [0] and replay.plan.cloned == {"libero_object:1": [0]}  # what it was cloned on only
+    steps = replay.draw(0)
+    bc_cfg = bc_pretrain.parse_args([f"dataset={demo_dir}", "demo_init_states=[0]", "eval_init_states=[45]", *TINY])
+    frames, _, info = bc_pretrain.load_demos(bc_cfg, actor, norm=norm)
     assert steps.shape[0] == -(-info["frames"] // 5)
     assert torch.equal(steps[K_CHUNK], frames[K_CHUNK][::5]) and torch.equal(steps["action_mask"], frames["action_mask"][::5])
     assert (steps["advantage"] == 1).all() and steps["informative"].all()
-    out = RIPTCFGLoss(actor, positive_only=True)(steps.select(*stored_keys(actor, steps)))
-    assert torch.isfinite(out["loss_ript_cfg"]) and out["loss_ript_cfg"] > 0 and out["frac_positive"] == 1
-    with pytest.raises(FileNotFoundError, match="collect_demos.py"):
-        bench.expert_steps(actor, str(demo_dir.parent / "none"), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0], norm)
-    # a policy cloned on other data keeps its own normalisation: the replayed targets use its statistics
+    assert torch.equal(replay.draw(0)[K_CHUNK], steps[K_CHUNK])  # a pure function of (seed, iteration): a resume draws the same
+    loss = RIPTCFGLoss(actor, positive_only=True)(steps.select(*stored_keys(actor, steps)))
+    assert torch.isfinite(loss["loss_ript_cfg"]) and loss["loss_ript_cfg"] > 0 and loss["frac_positive"] == 1
+    # the policy's own normalisation shapes the targets, not the dataset's
     other = NormStats(state_mean=norm.state_mean + 0.1, state_std=norm.state_std * 1.5,
                       action_mean=norm.action_mean + 0.2, action_std=norm.action_std * 2.0)
-    theirs = bench.expert_steps(actor, str(demo_dir), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0], other)
+    theirs = DemoReplay(cfg, actor, other).draw(0)
     raw = norm.unnormalize_action(steps[K_CHUNK][..., :7])
     assert torch.allclose(other.unnormalize_action(theirs[K_CHUNK][..., :7]), raw, atol=1e-5)
-    assert torch.allclose(theirs[K_CHUNK][..., :7], other.normalize_action(raw), atol=1e-5)
     assert not torch.allclose(theirs[K_CHUNK], steps[K_CHUNK], atol=1e-2)
-    # a checkpoint's cloned (task, init state) pairs bound the replay: none of this task's left, nothing to load
-    kept = bench.expert_steps(actor, str(demo_dir), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0], norm,
-                              {"libero_object:1": [0]})
-    assert torch.equal(kept[K_CHUNK], steps[K_CHUNK])
-    with pytest.raises(ValueError, match="no demo"):
-        bench.expert_steps(actor, str(demo_dir), {"repo_id": "ript/scripted_libero", "n_action_steps": 5}, [0], norm,
-                           {"libero_spatial:2": [0]})
-    with pytest.raises(ValueError, match="stride=0: must be >= 1"):
-        bc_pretrain.load_demos(cfg, actor, stride=0)
-    # replay draws only among the training init states the dataset holds; none is a one-line error
-    with pytest.raises(SystemExit):
-        bench.main(["--demo-replay", "1", "--demo-dataset", str(demo_dir), "--train-init-states", "5", "--out", str(demo_dir.parent / "ll")])
-    assert "holds no demo of a training init state the checkpoint was cloned on" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="holds no demo of a training init state the checkpoint was cloned on"):
+        plan_demo_replay(load_config("quick_test", [*base[:-1], "env.train_init_states=[5]"]))
+    with pytest.raises(ConfigError, match="no LeRobotDataset at"):
+        plan_demo_replay(load_config("quick_test", [*base, f"algo.demo_dataset={demo_dir.parent / 'none'}"]))
+    # the recipe trains on them beside its own groups
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import ript_cfg
+
+    summary = ript_cfg.main(["--config-name", "quick_test", *base, "env.max_steps=20", "train.iterations=1", "eval.episodes=1",
+                             "algo.group_size=2", "algo.target_groups=1", "algo.max_context_draws=2", "optim.minibatch_size=2",
+                             "logging.video_every=0", "logging.progress=false", f"logging.output_dir={tmp_path / 'run'}"])
+    row = next(csv.DictReader(open(summary["metrics_csv"])))
+    assert int(row["data/demo_steps"]) == steps.shape[0] and int(row["data/trained_steps"]) >= steps.shape[0]
+    assert int(row["optim/steps"]) > 0
