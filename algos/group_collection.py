@@ -84,7 +84,7 @@ def assign_workers(tasks: Sequence[int], worker_options: Sequence[Sequence[int]]
 class EpisodeSource(Protocol):
     """What the collector drives: a batched env with the context contract and a persistent Collector.
 
-    `recipes/common/faults.EnvSupervisor` is one (it rebuilds both after a worker fault).
+    `recipes/training/faults.EnvSupervisor` is one (it rebuilds both after a worker fault).
     """
 
     env: Any

@@ -16,8 +16,8 @@ import torch
 from tensordict import TensorDict
 
 from ript.algos import make_replay_buffer
-from ript.recipes.common.cli import run_cli
-from ript.recipes.common.config import ConfigError
+from ript.recipes.training.cli import run_cli
+from ript.recipes.training.config import ConfigError
 
 KEYS = {"image": ("observation", "image"), "wrist": ("observation", "wrist_image"), "state": ("observation", "state")}
 
@@ -61,7 +61,7 @@ def decision_steps(n: int, image: int, chunk: int, tokens: int) -> TensorDict:
 
 
 def measure(image: int, chunk: int, tokens: int, n: int = 64) -> tuple[float, float]:
-    from ript.recipes.common.factories import stored_keys
+    from ript.recipes.training.factories import stored_keys
 
     data = decision_steps(n, image, chunk, tokens)
     data = data.select(*stored_keys(_PI0Like(), data))

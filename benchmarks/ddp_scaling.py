@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from ript.recipes.common.cli import load_config_or_exit, run_cli, to_dotlist  # noqa: E402
-from ript.recipes.common.config import ConfigError  # noqa: E402
+from ript.recipes.training.cli import load_config_or_exit, run_cli, to_dotlist  # noqa: E402
+from ript.recipes.training.config import ConfigError  # noqa: E402
 
 WORKER = "--worker"  # internal: argv[0] of the per-rank processes this script launches under torchrun
 
@@ -96,8 +96,8 @@ def make_data(kind: str, policy: torch.nn.Module, n: int, image_size: int, seed:
 def worker(args: ScalingConfig) -> None:
     """One rank: time `reps` update_policy calls (after one warm-up) and report from rank 0."""
     from ript.algos import RIPTCFGLoss, make_replay_buffer, refill_replay_buffer, update_policy
-    from ript.recipes.common.distributed import barrier, distributed_session
-    from ript.recipes.common.factories import wrap_ddp
+    from ript.recipes.training.distributed import barrier, distributed_session
+    from ript.recipes.training.factories import wrap_ddp
 
     with distributed_session(args.device, None, 600) as info:
         policy = make_policy(args.policy, info.device, args.image_size, args.width)
@@ -127,7 +127,7 @@ def worker(args: ScalingConfig) -> None:
 
 
 def all_reduce_max(info, value: float) -> float:
-    from ript.recipes.common.distributed import all_gather_object
+    from ript.recipes.training.distributed import all_gather_object
 
     return max(all_gather_object(info, value))
 

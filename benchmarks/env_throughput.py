@@ -23,8 +23,8 @@ import torch
 import ript.envs  # noqa: F401  (MUJOCO_GL)
 from ript.envs import LiberoEnv, make_libero_env
 from ript.envs.libero_env import SETTLE_ACTION, _import_libero, get_suite, load_init_states
-from ript.recipes.common.cli import run_cli
-from ript.recipes.common.config import ConfigError
+from ript.recipes.training.cli import run_cli
+from ript.recipes.training.config import ConfigError
 
 SUITE, TASK = "libero_object", 0
 

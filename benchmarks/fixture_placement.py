@@ -35,10 +35,10 @@ import torch
 import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
 from ript.algos.pi0_actor import PI0Actor
 from ript.envs import NormStats
-from ript.recipes.common.checkpoint import write_json_atomic
-from ript.recipes.common.cli import run_cli
-from ript.recipes.common.config import ConfigError, resolve_repo_path
-from ript.recipes.common.multitask import TaskWorkers, read_bc_config
+from ript.recipes.training.checkpoint import write_json_atomic
+from ript.recipes.training.cli import run_cli
+from ript.recipes.training.config import ConfigError, resolve_repo_path
+from ript.recipes.training.multitask import TaskWorkers, read_bc_config
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("pinned", "upstream")

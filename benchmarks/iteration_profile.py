@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 
 from ript_cfg import main as train  # noqa: E402
 
-from ript.recipes.common.cli import run_cli  # noqa: E402
-from ript.recipes.common.config import load_config  # noqa: E402
+from ript.recipes.training.cli import run_cli  # noqa: E402
+from ript.recipes.training.config import load_config  # noqa: E402
 
 CONFIG_NAME = "benchmark"
 

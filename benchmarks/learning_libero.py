@@ -23,8 +23,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ript.recipes.common.cli import run_cli
-from ript.recipes.common.config import load_config
+from ript.recipes.training.cli import run_cli
+from ript.recipes.training.config import load_config
 from ript.recipes.ript_cfg import train
 
 REPO = Path(__file__).resolve().parents[1]

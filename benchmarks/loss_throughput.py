@@ -24,8 +24,8 @@ import torch
 from tensordict import TensorDict
 
 from ript.algos import PI0Actor, RIPTCFGLoss, TinyPI0Spec
-from ript.recipes.common.cli import run_cli
-from ript.recipes.common.config import ConfigError
+from ript.recipes.training.cli import run_cli
+from ript.recipes.training.config import ConfigError
 
 
 @dataclass

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ript.recipes.common.cli import run_cli
-from ript.recipes.common.config import ConfigError
+from ript.recipes.training.cli import run_cli
+from ript.recipes.training.config import ConfigError
 
 
 @dataclass

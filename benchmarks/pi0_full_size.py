@@ -42,8 +42,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 
-from ript.recipes.common.cli import load_config_or_exit, run_cli, to_dotlist  # noqa: E402
-from ript.recipes.common.config import ConfigError  # noqa: E402
+from ript.recipes.training.cli import load_config_or_exit, run_cli, to_dotlist  # noqa: E402
+from ript.recipes.training.config import ConfigError  # noqa: E402
 
 SHIPPED = ROOT / "configs" / "pretrained" / "tiny_pi0_libero"
 PALIGEMMA_VOCAB = 257152
@@ -207,7 +207,7 @@ def phase_recipe(argv: list[str]) -> dict[str, Any]:
     """Run recipes/ript_cfg.py in this process with alternating outcomes and peak RSS per phase."""
     import ript_cfg
 
-    from ript.recipes.common import trainer
+    from ript.recipes.training import trainer
 
     peaks = {"collect": 0.0, "update": 0.0, "before": 0.0}
     peaks["before"] = peak_rss_gib()

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pi0_full_size import CHUNK, IMAGE, pi0_config, peak_rss_gib, reset_peak_rss, tiny_spec_for  # noqa: E402
 
-from ript.recipes.common.cli import run_cli  # noqa: E402
-from ript.recipes.common.config import ConfigError  # noqa: E402
+from ript.recipes.training.cli import run_cli  # noqa: E402
+from ript.recipes.training.config import ConfigError  # noqa: E402
 
 GIB = 2**30
 

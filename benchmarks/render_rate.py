@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ript.recipes.common.cli import run_cli
-from ript.recipes.common.config import ConfigError
+from ript.recipes.training.cli import run_cli
+from ript.recipes.training.config import ConfigError
 
 
 @dataclass

@@ -27,9 +27,9 @@ import ript.envs  # noqa: F401  (MUJOCO_GL before mujoco loads)
 from ript.algos.pi0_actor import PI0Actor
 from ript.envs import NormStats, push_contexts
 from ript.envs import keys as K
-from ript.recipes.common.cli import run_cli
-from ript.recipes.common.config import ConfigError, resolve_repo_path
-from ript.recipes.common.multitask import TaskWorkers, read_bc_config
+from ript.recipes.training.cli import run_cli
+from ript.recipes.training.config import ConfigError, resolve_repo_path
+from ript.recipes.training.multitask import TaskWorkers, read_bc_config
 
 
 @dataclass

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from ript.recipes.common.cli import run_cli
-from ript.recipes.common.config import ConfigError, available_configs, load_config
+from ript.recipes.training.cli import run_cli
+from ript.recipes.training.config import ConfigError, available_configs, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

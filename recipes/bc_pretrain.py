@@ -25,7 +25,7 @@ so this recipe builds one, reproducibly, on a CPU:
     python recipes/bc_pretrain.py dataset=data/scripted_libero out=runs/bc/tiny_pi0_libero
     python recipes/bc_pretrain.py dataset=data/scripted_libero steps=100 eval_init_states=[40,41] --dry-run
 
-Settings are `key=value` over `BCConfig` (`-h` lists them; recipes/common/cli.py).
+Settings are `key=value` over `BCConfig` (`-h` lists them; recipes/training/cli.py).
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ from ript.envs import NormStats
 from ript.envs import keys as K
 from ript.envs.transforms import PI0StateTransform, PI0TokenizeTransform
 from ript.recipes.collect_demos import ACTION_KEY, EPISODES_FILE, IMAGE_KEY, STATE_KEY, WRIST_KEY
-from ript.recipes.common.cli import load_config_or_exit, run_cli
-from ript.recipes.common.config import ConfigError
-from ript.recipes.common.multitask import TaskWorkers
-from ript.recipes.common.optim import WeightEMA, make_optimizer, make_scheduler
+from ript.recipes.training.cli import load_config_or_exit, run_cli
+from ript.recipes.training.config import ConfigError
+from ript.recipes.training.multitask import TaskWorkers
+from ript.recipes.training.optim import WeightEMA, make_optimizer, make_scheduler
 
 STATE_DIM, ACTION_DIM = 8, 7
 

@@ -17,7 +17,7 @@ per task is printed and saved to `<out>/expert_success.json`.
     python recipes/collect_demos.py out=data/scripted_libero
     python recipes/collect_demos.py out=data/x tasks=[libero_goal:8] init_states=[0,1,2] --dry-run   # config only
 
-Settings are `key=value` over `DemoConfig` (`-h` lists them; recipes/common/cli.py).
+Settings are `key=value` over `DemoConfig` (`-h` lists them; recipes/training/cli.py).
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ if __package__ in (None, ""):  # run as a script: make `ript` importable from a 
 import numpy as np
 import torch
 
-from ript.recipes.common.cli import load_config_or_exit, run_cli
-from ript.recipes.common.config import ConfigError
-from ript.recipes.common.multitask import parse_task
-from ript.recipes.common.preflight import PreflightError, check_libero_contexts
+from ript.recipes.training.cli import load_config_or_exit, run_cli
+from ript.recipes.training.config import ConfigError
+from ript.recipes.training.multitask import parse_task
+from ript.recipes.training.preflight import PreflightError, check_libero_contexts
 
 DEFAULT_TASKS = ["libero_spatial:2", "libero_object:1", "libero_goal:8"]
 FPS = 20  # LIBERO's control frequency

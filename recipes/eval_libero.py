@@ -30,13 +30,13 @@ if __package__ in (None, ""):
 import torch
 
 from ript.envs.libero_env import get_suite, suite_sizes
-from ript.recipes.common.config import ConfigError, RIPTConfig, main_config, to_yaml
-from ript.recipes.common.eval_table import EpisodeResult, write_episodes_csv, write_tables
+from ript.recipes.training.config import ConfigError, RIPTConfig, main_config, to_yaml
+from ript.recipes.training.eval_table import EpisodeResult, write_episodes_csv, write_tables
 from ript.algos.evaluation import eval_schedule, evaluate_contexts
 from ript.algos.group_collection import GroupCollector
-from ript.recipes.common.factories import make_collector, make_env, make_policy, worker_layout
-from ript.recipes.common.preflight import PreflightError, check_libero_contexts, run_preflight
-from ript.recipes.common.video import episode_frames, tile_episodes, write_mp4
+from ript.recipes.training.factories import make_collector, make_env, make_policy, worker_layout
+from ript.recipes.training.preflight import PreflightError, check_libero_contexts, run_preflight
+from ript.recipes.training.video import episode_frames, tile_episodes, write_mp4
 
 
 def split_shorthands(argv: list[str]) -> tuple[list[str], list[str] | None, list[int] | None, str | None]:

@@ -9,7 +9,7 @@
 
 A thin CLI: the config is parsed and validated, the output directory and the checkpoint
 to resume from are resolved, preflight checks run (seconds, before minutes of work), and
-`ript.recipes.common.trainer.Trainer` runs the loop (collect groups, prepare, update,
+`ript.recipes.training.trainer.Trainer` runs the loop (collect groups, prepare, update,
 evaluate, checkpoint; its docstring has the details). SIGTERM/SIGINT checkpoint and exit 0;
 repeated env faults or divergence stop with one line and keep the last good checkpoint.
 """
@@ -23,13 +23,13 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `ript` importable from a plain checkout too
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ript.recipes.common.checkpoint import CheckpointError, resolve_resume
-from ript.recipes.common.config import ConfigError, RIPTConfig, run_main
-from ript.recipes.common.distributed import DistInfo, distributed_session
-from ript.recipes.common.dry_run import print_dry_run
-from ript.recipes.common.faults import RunAborted
-from ript.recipes.common.preflight import PreflightError, run_preflight
-from ript.recipes.common.trainer import Trainer, resolve_output_dir
+from ript.recipes.training.checkpoint import CheckpointError, resolve_resume
+from ript.recipes.training.config import ConfigError, RIPTConfig, run_main
+from ript.recipes.training.distributed import DistInfo, distributed_session
+from ript.recipes.training.dry_run import print_dry_run
+from ript.recipes.training.faults import RunAborted
+from ript.recipes.training.preflight import PreflightError, run_preflight
+from ript.recipes.training.trainer import Trainer, resolve_output_dir
 
 
 def train(cfg: RIPTConfig) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from torchrl.collectors import Collector
 
 from ript.algos import FlowMatchingMLPPolicy
 from ript.algos.group_collection import Context, GroupCollector, assign_workers, finished_episodes
-from ript.recipes.common.toy_env import make_context_toy_env
+from ript.recipes.training.toy_env import make_context_toy_env
 
 
 def _batch(done: list[list[bool]], success: list[list[bool]], gids: list[list[int]]) -> TensorDict:

@@ -413,7 +413,7 @@ def test_gradient_checkpointing_changes_no_gradient_and_acts_only_in_train_mode(
 
 def test_bf16_autocast_on_cpu_matches_fp32_and_steps_finitely():
     """amp=bf16 on a CPU: the loss stays close to float32's and an optimizer step leaves finite weights; no scaler."""
-    from ript.recipes.common.optim import amp_dtype, make_grad_scaler
+    from ript.recipes.training.optim import amp_dtype, make_grad_scaler
 
     cpu = torch.device("cpu")
     assert amp_dtype("bf16", cpu) is torch.bfloat16 and amp_dtype("off", cpu) is None

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ript.recipes import bc_pretrain
-from ript.recipes.common.config import CONFIG_DIR, resolve_repo_path
+from ript.recipes.training.config import CONFIG_DIR, resolve_repo_path
 
 
 def test_random_shift_moves_content_and_keeps_dtype():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ript.recipes.common import checkpoint as ck
-from ript.recipes.common.checkpoint import CheckpointError, Checkpointer, resolve_resume
+from ript.recipes.training import checkpoint as ck
+from ript.recipes.training.checkpoint import CheckpointError, Checkpointer, resolve_resume
 
 
 def _model() -> torch.nn.Module:

@@ -122,8 +122,8 @@ def bc_run(demo_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_bc_run_saves_a_checkpoint_the_recipe_loads(bc_run):
     from ript.envs import NormStats
-    from ript.recipes.common.config import ConfigError, load_config
-    from ript.recipes.common.factories import make_policy
+    from ript.recipes.training.config import ConfigError, load_config
+    from ript.recipes.training.factories import make_policy
 
     out, result = bc_run
     assert result["demos"] == 1 and len(result["curve"]) == 1
@@ -154,9 +154,9 @@ def test_replayed_demos_are_decision_steps_the_rl_update_trains_on(demo_dir, bc_
 
     from ript.algos import RIPTCFGLoss
     from ript.envs import NormStats
-    from ript.recipes.common.config import ConfigError, load_config
-    from ript.recipes.common.demo_replay import DemoReplay, plan_demo_replay
-    from ript.recipes.common.factories import make_policy, stored_keys
+    from ript.recipes.training.config import ConfigError, load_config
+    from ript.recipes.training.demo_replay import DemoReplay, plan_demo_replay
+    from ript.recipes.training.factories import make_policy, stored_keys
 
     out, _ = bc_run
     base = [f"policy.path={out}", "env.camera_size=32", "env.tasks=[libero_object:1]", f"algo.demo_dataset={demo_dir}",

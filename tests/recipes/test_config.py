@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ript.recipes.common.config import ConfigError, available_configs, load_config, main_config, parse_args
+from ript.recipes.training.config import ConfigError, available_configs, load_config, main_config, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,8 +37,8 @@ def test_dry_run_prints_the_config_and_the_parameter_count_it_builds() -> None:
     """--dry-run counts on the meta device: the same numbers as the policy the run builds, and no env."""
     import torch
 
-    from ript.recipes.common.dry_run import count_parameters
-    from ript.recipes.common.factories import make_policy
+    from ript.recipes.training.dry_run import count_parameters
+    from ript.recipes.training.factories import make_policy
 
     for overrides in (["policy.freeze=vision"], ["policy.path=null", "policy.freeze=trunk"]):
         cfg = load_config("quick_test", overrides)
@@ -65,7 +65,7 @@ def test_inheritance_and_overrides() -> None:
 def test_noise_scale_override_reaches_the_built_policy() -> None:
     import torch
 
-    from ript.recipes.common.factories import make_policy
+    from ript.recipes.training.factories import make_policy
 
     assert make_policy(load_config("toy"), torch.device("cpu")).noise_scale == 1.0
     policy = make_policy(load_config("toy", ["policy.noise_scale=1.5"]), torch.device("cpu"))
@@ -76,8 +76,8 @@ def test_freeze_reaches_the_loaded_pi0() -> None:
     import torch
 
     from ript.algos.pi0_actor import PI0Actor
-    from ript.recipes.common.config import _CHOICES
-    from ript.recipes.common.factories import make_policy
+    from ript.recipes.training.config import _CHOICES
+    from ript.recipes.training.factories import make_policy
 
     assert _CHOICES["policy.freeze"] == PI0Actor.FREEZE_PARTS
     policy = make_policy(load_config("quick_test", ["policy.freeze=trunk"]), torch.device("cpu"))
@@ -169,7 +169,7 @@ def test_cli_rejects_bad_config_and_leaves_outputs_untouched(tmp_path: Path, arg
 @pytest.mark.parametrize("suite,length", [("libero_spatial", 220), ("libero_object", 280), ("libero_goal", 300), ("libero_10", 520), ("libero_90", 400)])
 def test_unset_max_steps_gives_the_suites_decision_steps(suite: str, length: int) -> None:
     """env.max_steps null: openpi's per-suite episode length, in chunks of n_action_steps (rounded up)."""
-    from ript.recipes.common.factories import max_decision_steps
+    from ript.recipes.training.factories import max_decision_steps
 
     cfg = load_config("quick_test", [f"env.suite={suite}", "env.max_steps=null", "policy.n_action_steps=7"])
     assert cfg.env.max_steps is None

@@ -152,8 +152,8 @@ def reference_same_partition(case: tuple) -> dict:
 
 
 def worker_equivalence(out: Path, names: list[str]) -> None:
-    from ript.recipes.common.distributed import distributed_session
-    from ript.recipes.common.factories import wrap_ddp
+    from ript.recipes.training.distributed import distributed_session
+    from ript.recipes.training.factories import wrap_ddp
 
     with distributed_session("cpu", "gloo", 60) as info:
         results = {}
@@ -177,7 +177,7 @@ def worker_equivalence(out: Path, names: list[str]) -> None:
 def worker_fault(out: Path, fault: str) -> None:
     """The toy recipe on 2 ranks; rank 1 raises (or hangs) when its second update starts."""
     import ript.recipes.ript_cfg as recipe
-    from ript.recipes.common import trainer
+    from ript.recipes.training import trainer
 
     if int(os.environ["RANK"]) == 1:
         real, calls = trainer.update_policy, []

@@ -16,9 +16,9 @@ sys.path.insert(0, str(ROOT / "recipes"))
 
 import ript_cfg  # noqa: E402
 
-from ript.recipes.common import trainer  # noqa: E402
-from ript.recipes.common.config import load_config  # noqa: E402
-from ript.recipes.common.factories import make_policy  # noqa: E402
+from ript.recipes.training import trainer  # noqa: E402
+from ript.recipes.training.config import load_config  # noqa: E402
+from ript.recipes.training.factories import make_policy  # noqa: E402
 
 
 def test_updates_run_in_train_mode_and_rollouts_in_eval_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,7 +58,7 @@ def test_gradient_checkpointing_key_reaches_lerobot(enabled: bool) -> None:
 
 
 def test_gradient_checkpointing_is_refused_for_the_mlp() -> None:
-    from ript.recipes.common.config import ConfigError
+    from ript.recipes.training.config import ConfigError
 
     with pytest.raises(ConfigError, match="policy.gradient_checkpointing=true applies to policy.kind=pi0"):
         load_config("toy", ["policy.gradient_checkpointing=true"])

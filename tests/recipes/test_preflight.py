@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ript.recipes.common.preflight import (
+from ript.recipes.training.preflight import (
     PreflightError,
     check_device,
     check_libero_contexts,
@@ -80,7 +80,7 @@ def test_rendering_backend_missing(monkeypatch):
 def _resume_dir(tmp_path, overrides):
     import torch
 
-    from ript.recipes.common.config import load_config, to_yaml
+    from ript.recipes.training.config import load_config, to_yaml
 
     ckpt = tmp_path / "iter_000002"
     (ckpt / "policy").mkdir(parents=True)
@@ -92,7 +92,7 @@ def _resume_dir(tmp_path, overrides):
 
 
 def test_resume_with_another_frozen_part_names_the_one_it_was_trained_with(tmp_path):
-    from ript.recipes.common.preflight import check_resume_checkpoint
+    from ript.recipes.training.preflight import check_resume_checkpoint
 
     ckpt = _resume_dir(tmp_path, ["policy.freeze=trunk"])
     check_resume_checkpoint(ckpt, freeze="trunk")
@@ -115,7 +115,7 @@ def _real_layout_checkpoint(d, embed_rows: int = 300):
 
 def test_tokenizer_of_a_real_checkpoint_is_checked_before_any_worker(tmp_path):
     from ript.algos import build_libero_tokenizer
-    from ript.recipes.common.preflight import check_tokenizer
+    from ript.recipes.training.preflight import check_tokenizer
 
     ckpt = _real_layout_checkpoint(tmp_path / "ckpt")
     with pytest.raises(PreflightError, match="ships no tokenizer/ and policy.tokenizer_path is null") as info:
@@ -135,15 +135,15 @@ def test_tokenizer_of_a_real_checkpoint_is_checked_before_any_worker(tmp_path):
 
 
 def test_shipped_tiny_checkpoint_passes_the_tokenizer_check():
-    from ript.recipes.common.config import load_config
-    from ript.recipes.common.preflight import check_tokenizer
+    from ript.recipes.training.config import load_config
+    from ript.recipes.training.preflight import check_tokenizer
 
     cfg = load_config("quick_test")
     check_tokenizer(cfg.policy.path, None)
 
 
 def test_wandb_online_needs_credentials(tmp_path, monkeypatch):
-    from ript.recipes.common.preflight import check_wandb_credentials
+    from ript.recipes.training.preflight import check_wandb_credentials
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_BASE_URL", raising=False)

@@ -19,8 +19,8 @@ sys.path.insert(0, str(ROOT / "recipes"))
 
 import ript_cfg  # noqa: E402
 
-from ript.recipes.common import faults, trainer  # noqa: E402
-from ript.recipes.common.checkpoint import POLICY_STATE_FILE  # noqa: E402
+from ript.recipes.training import faults, trainer  # noqa: E402
+from ript.recipes.training.checkpoint import POLICY_STATE_FILE  # noqa: E402
 
 TOY = ["--config-name", "toy", "eval.every=1000", "checkpoint.keep_last=10"]
 
@@ -96,7 +96,7 @@ def test_killed_and_hung_workers_are_restarted_and_training_continues(tmp_path: 
 
 def test_env_supervisor_classifies_and_gives_up_after_max_restarts() -> None:
     """In-process envs: a bug is re-raised as is; restarts past env.max_restarts stop the run in one line."""
-    from ript.recipes.common.toy_env import make_context_toy_env
+    from ript.recipes.training.toy_env import make_context_toy_env
 
     built: list[int] = []
 

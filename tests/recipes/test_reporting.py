@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from ript.recipes.common.eval_table import EpisodeResult, write_tables
-from ript.recipes.common.logging import MetricLogger
-from ript.recipes.common.optim import EarlyStopping, lr_factor, make_scheduler
-from ript.recipes.common.plotting import plot_training_curves
-from ript.recipes.common.video import FAILURE_RGB, SUCCESS_RGB, compose_frame, write_mp4
+from ript.recipes.training.eval_table import EpisodeResult, write_tables
+from ript.recipes.training.logging import MetricLogger
+from ript.recipes.training.optim import EarlyStopping, lr_factor, make_scheduler
+from ript.recipes.training.plotting import plot_training_curves
+from ript.recipes.training.video import FAILURE_RGB, SUCCESS_RGB, compose_frame, write_mp4
 
 
 def test_csv_has_stable_columns_and_appends_on_resume(tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ def test_early_stopping() -> None:
 
 
 def test_weight_ema_warms_up_then_averages_and_leaves_the_model_alone():
-    from ript.recipes.common.optim import WeightEMA
+    from ript.recipes.training.optim import WeightEMA
 
     model = torch.nn.Linear(2, 1)
     with torch.no_grad():
@@ -132,7 +132,7 @@ def test_weight_ema_warms_up_then_averages_and_leaves_the_model_alone():
 
 def test_weight_ema_can_average_into_an_existing_module_without_warm_up():
     """The acting policy itself holds the average of a training copy: it starts from its own weights."""
-    from ript.recipes.common.optim import WeightEMA
+    from ript.recipes.training.optim import WeightEMA
 
     acting, learner = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
     with torch.no_grad():

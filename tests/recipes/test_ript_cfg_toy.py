@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 
 from ript_cfg import main  # noqa: E402
 
-from ript.recipes.common.checkpoint import POLICY_STATE_FILE  # noqa: E402
+from ript.recipes.training.checkpoint import POLICY_STATE_FILE  # noqa: E402
 
 
 def _params(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -165,7 +165,7 @@ def test_early_stopping_stops_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     """Evaluations 0.25, 0.5, 0.5, 0.25 with patience 2: the run stops after iteration 4 of 8, best stays on iteration 2."""
     import json
 
-    from ript.recipes.common import trainer
+    from ript.recipes.training import trainer
 
     scripted = iter([0.25, 0.5, 0.5, 0.25, 1.0, 1.0, 1.0, 1.0])  # the real evaluation runs; its success rate is replaced
     real = trainer.Trainer.evaluate

@@ -9,8 +9,8 @@ from tensordict.nn import TensorDictModuleBase
 from torchrl.collectors import Collector
 
 import ript.envs  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
-from ript.recipes.common.config import CONFIG_DIR, load_config
-from ript.recipes.common.factories import make_env, make_policy
+from ript.recipes.training.config import CONFIG_DIR, load_config
+from ript.recipes.training.factories import make_env, make_policy
 
 SHIPPED = CONFIG_DIR / "pretrained" / "tiny_pi0_libero"
 

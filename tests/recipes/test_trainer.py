@@ -14,8 +14,8 @@ sys.path.insert(0, str(ROOT / "recipes"))
 import ript_cfg  # noqa: E402
 
 from ript.algos.sampling import ContextSampler  # noqa: E402
-from ript.recipes.common.config import ConfigError, load_config, task_specs  # noqa: E402
-from ript.recipes.common.factories import max_decision_steps, worker_layout  # noqa: E402
+from ript.recipes.training.config import ConfigError, load_config, task_specs  # noqa: E402
+from ript.recipes.training.factories import max_decision_steps, worker_layout  # noqa: E402
 
 TOY = ["--config-name", "toy", "logging.progress=false"]
 

@@ -2,7 +2,7 @@
 
     python <tool>.py [key=value ...] [--dry-run] [-h]
 
-Why: the trainer (recipes/ript_cfg.py, recipes/common/config.py) already reads dotted
+Why: the trainer (recipes/ript_cfg.py, recipes/training/config.py) already reads dotted
 `key=value` overrides over a typed schema; the tools and benchmarks read theirs the same
 way, so one syntax, one error style and one `--dry-run` serve them all. Lists are written
 `key=[1,2,3]`, booleans `key=true`, null `key=null`. An unknown key or a bad value prints

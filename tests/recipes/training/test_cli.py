@@ -1,4 +1,4 @@
-"""recipes/common/cli.py: every tool reads `key=value` over its dataclass, fails in one line, and dry-runs."""
+"""recipes/training/cli.py: every tool reads `key=value` over its dataclass, fails in one line, and dry-runs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from ript.recipes.common.cli import field_comments, parse_config, run_cli, to_dotlist
-from ript.recipes.common.config import ConfigError
+from ript.recipes.training.cli import field_comments, parse_config, run_cli, to_dotlist
+from ript.recipes.training.config import ConfigError
 
 
 @dataclass

@@ -261,7 +261,7 @@ def _normalise_yaml_bools(node: DictConfig) -> None:
         node["amp"] = "off"
 
 
-def one_line_error(e: OmegaConfBaseException, schema: str = "see recipes/common/config.py for the schema",
+def one_line_error(e: OmegaConfBaseException, schema: str = "see recipes/training/config.py for the schema",
                    fix: str = "fix the override or YAML") -> str:
     """OmegaConf's multi-line error as the one line a user acts on: the key, what is wrong, the fix."""
     msg = str(e).splitlines()[0]
@@ -488,7 +488,7 @@ def parse_args(argv: list[str]) -> tuple[str, list[str]]:
             name = arg.split("=", 1)[1]
         elif arg in ("-h", "--help"):
             raise ConfigError(
-                f"usage: [--config-name NAME] [key.sub=value ...]; configs: {available_configs()}; schema: recipes/common/config.py"
+                f"usage: [--config-name NAME] [key.sub=value ...]; configs: {available_configs()}; schema: recipes/training/config.py"
             )
         elif arg.startswith("-"):
             raise ConfigError(f"unknown flag '{arg}': only --config-name NAME and key=value overrides are accepted")
