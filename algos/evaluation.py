@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
-from .group_collection import Context, Episode, GroupCollector
+from .group_collection import Context, Episode, GroupCollector, finished_episodes
 from .policy import evaluating
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -79,8 +79,7 @@ class VideoRecorder:
         """Append each recorded worker's frames; close its episode at the done step."""
         if self.max_videos <= 0:
             return
-        done = batch.get(("next", "done")).reshape(*batch.shape[:2], -1).any(-1)
-        success = batch.get(("next", "success")).reshape(*batch.shape[:2], -1).any(-1)
+        ends = {(ep.worker, ep.end): ep.success for ep in finished_episodes(batch)}
         cams = camera_keys(batch)
         frames = [batch.get(k) for k in cams]
         for w in range(batch.shape[0]):
@@ -90,9 +89,9 @@ class VideoRecorder:
                         break
                     self._open[w], self._started = [], self._started + 1
                 self._open[w].append([f[w, t] for f in frames])
-                if done[w, t]:
+                if (w, t) in ends:
                     last = [batch.get(("next", *k))[w, t] for k in cams]
-                    self.videos.append((self._open.pop(w) + [last], bool(success[w, t])))
+                    self.videos.append((self._open.pop(w) + [last], ends[(w, t)]))
 
 
 def camera_keys(batch: TensorDictBase) -> list[tuple[str, str]]:

@@ -1,19 +1,12 @@
-"""The RIPT-CFG iteration as env-agnostic building blocks: collect -> advantage -> buffer -> update.
+"""The RIPT-CFG iteration's data and update blocks: replay buffer, step window, relabelling, spread, update.
 
-The LIBERO recipe (recipes/ript_cfg.py) and the toy learning check
-(benchmarks/learning_toy.py, tests/algos/test_learning_toy.py) run the same
-functions, so what the toy check proves is what the recipe runs:
+The trainer (recipes/training/trainer.py) runs them after the group collector
+(algos/group_collection.py) has produced an iteration's kept steps:
 
-    batches = iter(Collector(env, policy, frames_per_batch=...))
-    adv = GroupLOOAdvantage(group_size=K)
-    data, stats = collect_informative_groups(batches, adv, target_groups=G, max_batches=M)
-    refill_replay_buffer(buffer, data)
+    refill_replay_buffer(buffer, window.gather()[0])
     metrics = update_policy(loss_module, buffer, optimizer, epochs=..., minibatch_size=...)
 
-Nothing here imports LIBERO or ript.envs. `make_toy_vla_env` builds torchrl's
-ToyVLAEnv with the same grouping contract as the LIBERO env: one "group_id"
-per context, K consecutive episodes per context (`group_repeats`), one env
-step per action chunk (MultiAction), a decision-step limit (StepCounter).
+Nothing here imports LIBERO or ript.envs.
 """
 
 from __future__ import annotations
@@ -21,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 
@@ -29,100 +21,8 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import SamplerWithoutReplacement
-from torchrl.envs import Compose, EnvBase, SerialEnv, StepCounter, TransformedEnv
-from torchrl.envs.transforms import MultiAction
 
-from .advantages import GroupLOOAdvantage
 from .policy import FlowMatchingPolicy, evaluating
-
-GROUP_ID_STRIDE = 1_000_000  # group ids of toy env i start at i * GROUP_ID_STRIDE: groups never mix across envs
-
-
-# -- toy environment ---------------------------------------------------------------
-def _toy_env(index: int, *, seed: int, group_size: int | None, n_action_steps: int, max_steps: int, **toy_kwargs) -> EnvBase:
-    from torchrl.envs.custom import ToyVLAEnv
-
-    base = ToyVLAEnv(
-        group_repeats=group_size,
-        group_id_offset=index * GROUP_ID_STRIDE,
-        seed=seed * 10_007 + index,
-        **toy_kwargs,
-    )
-    return TransformedEnv(base, Compose(MultiAction(stack_rewards=False), StepCounter(max_steps=max_steps)))
-
-
-def make_toy_vla_env(
-    num_envs: int,
-    group_size: int | None,
-    *,
-    n_action_steps: int,
-    max_steps: int,
-    seed: int = 0,
-    action_dim: int = 2,
-    state_dim: int = 4,
-    success_steps: int = 3,
-    success_tol: float = 0.25,
-) -> EnvBase:
-    """SerialEnv of `num_envs` ToyVLAEnv (tracking mode) in groups of `group_size` episodes per target.
-
-    Each env step executes one chunk of `n_action_steps` actions (the policy's
-    "action" is [num_envs, n_action_steps, action_dim]); episodes end on success
-    (`success_steps` consecutive in-tolerance actions) or after `max_steps`
-    decision steps. `group_size=None` gives a fresh target every episode (evaluation).
-    """
-    if num_envs < 1:
-        raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
-    make = functools.partial(
-        _toy_env,
-        seed=seed,
-        group_size=group_size,
-        n_action_steps=n_action_steps,
-        max_steps=max_steps,
-        action_dim=action_dim,
-        state_dim=state_dim,
-        success_steps=success_steps,
-        success_tol=success_tol,
-    )
-    return SerialEnv(num_envs, [functools.partial(make, i) for i in range(num_envs)])
-
-
-# -- collection ---------------------------------------------------------------------
-def collect_informative_groups(
-    batches: Iterator[TensorDictBase],
-    advantage: GroupLOOAdvantage,
-    *,
-    target_groups: int,
-    max_batches: int,
-) -> tuple[TensorDictBase | None, dict[str, float]]:
-    """Dynamic sampling: pull collector batches until `target_groups` informative groups are kept, or `max_batches`.
-
-    `batches` is one persistent iterator over a collector (`iter(collector)`,
-    created once and reused across iterations, so episodes in flight carry over).
-    Returns the kept decision steps (flat, with advantages) or None, and stats:
-    batches, frames, trajectories, success_rate, kept_groups, dropped_groups,
-    pending_groups, collect_time_s. Groups that complete are scored on every
-    trajectory, so success_rate is the acting policy's success over them.
-    """
-    if not isinstance(batches, Iterator):
-        raise TypeError("batches must be an iterator: create it once with iter(collector) and pass the same one every iteration.")
-    if target_groups < 1 or max_batches < 1:
-        raise ValueError(f"target_groups and max_batches must be >= 1, got {target_groups} and {max_batches}.")
-    advantage.reset_stats()
-    start = time.perf_counter()
-    kept: list[TensorDictBase] = []
-    frames = 0
-    n_batches = 0
-    while n_batches < max_batches and advantage.kept_groups < target_groups:
-        batch = next(batches)
-        n_batches += 1
-        frames += batch.numel()
-        out = advantage(batch)
-        if out is not None:
-            kept.append(out)
-    stats = advantage.stats()
-    stats.update(batches=n_batches, frames=frames, collect_time_s=time.perf_counter() - start)
-    data = torch.cat(kept, 0) if kept else None
-    return data, stats
 
 
 # -- replay buffer ------------------------------------------------------------------
@@ -534,18 +434,3 @@ def update_policy(
         lr=optimizer.param_groups[0]["lr"],
     )
     return metrics
-
-
-# -- evaluation --------------------------------------------------------------------
-@torch.no_grad()
-def evaluate_success_rate(env: EnvBase, policy: Callable[[TensorDictBase], TensorDictBase], *, episodes: int, max_steps: int) -> float:
-    """Success rate over `episodes` episodes (success anywhere in an episode counts), batched over env's batch dim."""
-    n_envs = max(env.batch_size.numel(), 1)
-    wins = total = 0
-    while total < episodes:
-        traj = env.rollout(max_steps, policy, break_when_any_done=False, break_when_all_done=True)
-        success = traj.get(("next", "success")).reshape(n_envs, traj.shape[-1], -1).any(-1).any(-1)
-        take = min(n_envs, episodes - total)
-        wins += int(success[:take].sum())
-        total += take
-    return wins / total
