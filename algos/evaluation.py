@@ -82,11 +82,11 @@ class VideoRecorder:
         ends = {(ep.worker, ep.end): ep.success for ep in finished_episodes(batch)}
         cams = camera_keys(batch)
         frames = [batch.get(k) for k in cams]
-        for w in range(batch.shape[0]):
-            for t in range(batch.shape[1]):
+        for t in range(batch.shape[1]):  # time outer: the episodes that start first are the ones kept
+            for w in range(batch.shape[0]):
                 if w not in self._open:
                     if self._started >= self.max_videos:
-                        break
+                        continue
                     self._open[w], self._started = [], self._started + 1
                 self._open[w].append([f[w, t] for f in frames])
                 if (w, t) in ends:

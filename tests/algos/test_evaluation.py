@@ -43,3 +43,25 @@ def test_summary_per_task_and_per_init_state() -> None:
     assert s["tasks"]["a"]["success_rate"] == pytest.approx(2 / 3) and s["tasks"]["a"]["by_init_state"] == {40: [1, 2], 41: [1, 1]}
     assert s["tasks"]["b"]["ci95"] == list(wilson_interval(0, 1))
     assert math.isnan(summarise([], ["a"])["tasks"]["a"]["success_rate"])
+
+
+def test_video_recorder_keeps_whole_episodes_across_batches() -> None:
+    """Frames of the first episodes that start, each closed at its own done step, carried across batches."""
+    import torch
+    from tensordict import TensorDict
+
+    from ript.algos.evaluation import VideoRecorder
+
+    def batch(done: list[list[bool]], offset: int) -> TensorDict:
+        img = (torch.arange(8).reshape(2, 4) + offset)[..., None, None, None].expand(2, 4, 3, 2, 2).to(torch.uint8)
+        return TensorDict({"group_id": torch.zeros(2, 4, dtype=torch.long), "observation": {"image": img},
+                           "next": {"done": torch.tensor(done)[..., None], "success": torch.tensor(done)[..., None],
+                                    "observation": {"image": img + 100}}}, batch_size=[2, 4])
+
+    rec = VideoRecorder(max_videos=2)
+    rec.on_batch(batch([[False, True, False, False], [False, False, False, False]], 0))
+    rec.on_batch(batch([[False, False, False, False], [True, False, False, False]], 10))
+    assert [len(frames) for frames, _ in rec.videos] == [3, 6]  # 2 steps + the last frame; 5 steps across batches + the last
+    first = [int(step[0][0, 0, 0]) for step in rec.videos[0][0]]
+    assert first == [0, 1, 101] and rec.videos[0][1] is True
+    assert len(rec.videos) == 2 and 0 not in rec._open  # worker 0's next episode was not started: two videos asked for
