@@ -1,12 +1,9 @@
-"""LIBERO learning check through the trainer: RIPT-CFG raises the shipped tiny PI0's held-out success on a CPU.
+"""LIBERO learning check: `recipes/ript_cfg.py --config-name libero_learning train.seed=S` per seed, in-process.
 
-For each seed: `python recipes/ript_cfg.py --config-name libero_learning train.seed=S` (in-process;
-a stopped run resumes from its own checkpoints with checkpoint.resume=auto). The trainer's start
-and end evaluations (50 held-out episodes per task) are compared: the target is a mean gain over
-seeds >= +0.20 with no task lower at the end than at the start on that average. Writes
-<out>/learning_libero.json and .png (also into benchmarks/results/ with save_results=true).
+A stopped seed resumes from its own checkpoints. The trainer's start and end evaluations (50
+held-out episodes per task) are compared: target a mean gain over seeds >= +0.20, no task lower on
+average. Writes <out>/learning_libero.json and .png (and to benchmarks/results/ with save_results=true).
 
-    python recipes/collect_demos.py out=data/scripted_libero init_states=[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14]
     python benchmarks/learning_libero.py seeds=[0,1] save_results=true
 """
 
@@ -14,21 +11,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ript.recipes.training.cli import run_cli
 from ript.recipes.training.config import load_config
 from ript.recipes.ript_cfg import train
 
-REPO = Path(__file__).resolve().parents[1]
-
+RESULTS = Path(__file__).resolve().parent / "results"
 
 @dataclass
 class LiberoCheck:
@@ -46,17 +37,14 @@ def run_seed(seed: int, out: Path, recipe: list[str]) -> dict[str, Any]:
     overrides = [f"train.seed={seed}", f"logging.output_dir={run_dir}", *recipe]
     resume = ["checkpoint.resume=auto"] if (run_dir / "checkpoints").is_dir() else []
     cfg = load_config("libero_learning", overrides + resume)
-    t0 = time.perf_counter()
     summary = train(cfg)
     start, end = summary["evaluation_history"][0], summary["evaluation_history"][-1]
-    rates = lambda ev: {t: v["success_rate"] for t, v in ev["tasks"].items()}  # noqa: E731
+    per_task = lambda ev, key: {t: v[key] for t, v in ev["tasks"].items()}  # noqa: E731
     return {"seed": seed, "command": "python recipes/ript_cfg.py --config-name libero_learning " + " ".join(overrides),
             "fixture_placement": {"train": cfg.env.fixture_placement, "eval": cfg.eval.fixture_placement},
             "iterations": summary["iterations"], "ript_minutes": round(summary["ript_minutes"], 1),
-            "wall_minutes_this_process": round((time.perf_counter() - t0) / 60, 1), "start": rates(start), "end": rates(end),
-            "start_iteration": start["iteration"], "end_iteration": end["iteration"],
-            "start_by_state": {t: v["by_init_state"] for t, v in start["tasks"].items()},
-            "end_by_state": {t: v["by_init_state"] for t, v in end["tasks"].items()}}
+            "start": per_task(start, "success_rate"), "end": per_task(end, "success_rate"), "start_iteration": start["iteration"],
+            "end_iteration": end["iteration"], "start_by_state": per_task(start, "by_init_state"), "end_by_state": per_task(end, "by_init_state")}
 
 
 def verdict(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -68,19 +56,18 @@ def verdict(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
-    """Start and end held-out success per task, one pair of bars per seed."""
+    """Start (pale) and end held-out success per task, one pair of bars per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(runs[0]["start"])
+    tasks, width = list(runs[0]["start"]), 0.8 / (2 * len(runs))
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / (2 * len(runs))
     for i, r in enumerate(runs):
         for j, (when, alpha) in enumerate((("start", 0.4), ("end", 1.0))):
-            xs = [k + (2 * i + j) * width for k in range(len(tasks))]
-            ax.bar(xs, [r[when][t] for t in tasks], width, color=f"C{i}", alpha=alpha, label=f"seed {r['seed']} {when}")
+            ax.bar([k + (2 * i + j) * width for k in range(len(tasks))], [r[when][t] for t in tasks], width, color=f"C{i}",
+                   alpha=alpha, label=f"seed {r['seed']} {when}")
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(tasks))], tasks)
     ax.set(ylabel="held-out success (50 episodes)", ylim=(0, 1), title="RIPT-CFG from the shipped tiny PI0 (CPU)")
     ax.legend(fontsize=7)
@@ -98,17 +85,15 @@ def main(check: LiberoCheck) -> dict[str, Any]:
     (out / "learning_libero.json").write_text(json.dumps(result, indent=1))
     plot(runs, out / "learning_libero.png")
     for r in runs:
-        print(f"seed {r['seed']}: " + ", ".join(f"{t} {r['start'][t]:.2f} -> {r['end'][t]:.2f}" for t in r["start"])
-              + f" ({r['iterations']} iterations, {r['ript_minutes']} collect+update min)")
+        print(f"seed {r['seed']} ({r['iterations']} it, {r['ript_minutes']} min): {r['start']} -> {r['end']}")
     print(f"mean gain {result['mean_gain']:+.3f}: {'PASS' if result['passes'] else 'FAIL'} (target +0.20, no task lower on average)")
-    if check.save_results:
-        for name in ("learning_libero.json", "learning_libero.png"):
-            shutil.copy2(out / name, REPO / "benchmarks" / "results" / name)
+    for name in ("learning_libero.json", "learning_libero.png") if check.save_results else ():
+        shutil.copy2(out / name, RESULTS / name)
     return result
 
 
 def check_recipe(check: LiberoCheck) -> None:
-    """The recipe overrides must make a valid libero_learning config (ConfigError otherwise), checked by --dry-run too."""
+    """The recipe overrides must make a valid libero_learning config (--dry-run checks it too)."""
     load_config("libero_learning", list(check.recipe))
 
 
