@@ -21,6 +21,7 @@ from ript.recipes.ript_cfg import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+
 @dataclass
 class LiberoCheck:
     """Which seeds of configs/libero_learning.yaml to run, and where."""
@@ -49,8 +50,7 @@ def run_seed(seed: int, out: Path, recipe: list[str]) -> dict[str, Any]:
 
 def verdict(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-task gain averaged over seeds, its mean, and whether it meets the target."""
-    tasks = list(runs[0]["start"])
-    gain = {t: sum(r["end"][t] - r["start"][t] for r in runs) / len(runs) for t in tasks}
+    gain = {t: sum(r["end"][t] - r["start"][t] for r in runs) / len(runs) for t in runs[0]["start"]}
     mean = sum(gain.values()) / len(gain)
     return {"gain_by_task": gain, "mean_gain": mean, "passes": mean >= 0.20 and all(g >= 0 for g in gain.values())}
 
@@ -73,7 +73,6 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(check: LiberoCheck) -> dict[str, Any]:
