@@ -409,16 +409,6 @@ def to_dict(cfg: RIPTConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(data: dict[str, Any]) -> RIPTConfig:
-    """Rebuild a config stored in a checkpoint (validated like a fresh one)."""
-    try:
-        cfg: RIPTConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RIPTConfig), data))  # type: ignore[assignment]
-    except OmegaConfBaseException as e:
-        raise ConfigError(_one_line(e)) from e
-    validate(cfg)
-    return cfg
-
-
 def parse_args(argv: list[str]) -> tuple[str, list[str]]:
     """Split `[--config-name NAME] [key=value ...]` (also `--config-name=NAME`, `-cn NAME`)."""
     name, overrides, i = DEFAULT_CONFIG_NAME, [], 0

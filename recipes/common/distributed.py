@@ -129,15 +129,6 @@ def any_rank(info: DistInfo, flag: bool) -> bool:
     return bool(all_reduce_sum(info, [1.0 if flag else 0.0])[0] > 0)
 
 
-def broadcast_object(info: DistInfo, obj: T) -> T:
-    """Rank 0's value of `obj` on every rank."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def all_gather_object(info: DistInfo, obj: T) -> list[T]:
     """Every rank's `obj`, in rank order (pickled; for small things: states, episode results)."""
     if not info.enabled:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -293,13 +292,3 @@ def stored_keys(policy: FlowMatchingPolicy, data: TensorDictBase) -> list[Any]:
     wanted.append("action_noise")  # only when the policy records it (relabel_chunks)
     present = set(data.keys(include_nested=True))
     return [k for k in dict.fromkeys(wanted) if k in present]
-
-
-@dataclass
-class RunClock:
-    """Wall time since the run started (for env steps/s and ETA)."""
-
-    start: float = field(default_factory=time.perf_counter)
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start

@@ -9,7 +9,6 @@ on CUDA or CPU (no scaler needed), fp16 autocast + GradScaler on CUDA only.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from collections.abc import Iterable
@@ -65,13 +64,6 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "off" or (amp == "fp16" and device.type != "cuda"):
         return None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    dtype = amp_dtype(amp, device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def make_grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler | None:
