@@ -85,6 +85,7 @@ def evaluate_checkpoint(cfg: RIPTConfig, suites: list[str], tasks: list[int] | N
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Config errors exit 2 with one line, before any simulator starts; returns the results for tests."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         rest, suites, tasks, out = split_shorthands(argv)

@@ -406,6 +406,7 @@ def to_yaml(cfg: RIPTConfig) -> str:
 
 
 def to_dict(cfg: RIPTConfig) -> dict[str, Any]:
+    """Plain containers, for loggers (wandb's run config) that take no dataclasses."""
     return dataclasses.asdict(cfg)
 
 

@@ -45,6 +45,7 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Collectives are needed only with more than one rank; one rank skips them all."""
         return self.world_size > 1
 
 

@@ -266,6 +266,7 @@ class Optimization:
 
 
 def make_optimization(cfg: RIPTConfig, policy: FlowMatchingPolicy, device: torch.device) -> Optimization:
+    """Optimizer, LR schedule (sized to the run's optimizer steps) and AMP scaler, built together from one config."""
     o = cfg.optim
     optimizer = make_optimizer(policy.parameters(), o.lr, o.weight_decay, o.betas)
     scheduler = make_scheduler(

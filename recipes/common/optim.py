@@ -93,12 +93,15 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
+        """`patience` evals in a row without a new best (never when patience is 0)."""
         return self.patience > 0 and self.bad_evals >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
+        """Best value and bad-eval count, so patience carries over a resume."""
         return {"best": self.best, "bad_evals": self.bad_evals}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what state_dict saved."""
         self.best, self.bad_evals = state["best"], state["bad_evals"]
 
 
