@@ -133,10 +133,12 @@ class GroupLOOAdvantage(Transform):
 
     @property
     def pending_trajectories(self) -> int:
+        """Trajectories still running across collector batches (they finish in a later batch)."""
         return len(self._partial)
 
     @property
     def pending_groups(self) -> int:
+        """Groups still short of group_size finished trajectories (no advantage yet)."""
         return len(self._groups)
 
     def clear(self) -> None:
@@ -146,6 +148,7 @@ class GroupLOOAdvantage(Transform):
 
     # -- Transform API -----------------------------------------------------
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase | None:
+        """One collector batch in; the trajectories of the groups it completes out (None if none)."""
         return self._process(tensordict)
 
     def _call(self, next_tensordict: TensorDictBase) -> TensorDictBase:

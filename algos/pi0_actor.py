@@ -418,6 +418,7 @@ class PI0Actor(FlowMatchingPolicy):
     # -- batch conversion ------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """Where the model's weights live, so batches are moved there before a forward."""
         return self.policy.model.action_out_proj.weight.device
 
     @staticmethod

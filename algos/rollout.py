@@ -181,6 +181,7 @@ class SpreadKeeper:
 
     @property
     def ready(self) -> bool:
+        """Whether set_probe ran: the spread is measured only against a fixed probe."""
         return self.probe is not None
 
     def set_probe(self, policy: FlowMatchingPolicy, data: TensorDictBase) -> float:

@@ -65,6 +65,7 @@ class ContextSampler:
         return len(recent) >= self.group_size and all(recent)
 
     def task_success_rate(self, task_id: int) -> float | None:
+        """Success rate over the task's recorded outcomes (None before any), which weighs its draws."""
         seen = [s for (t, _), outs in self.outcomes.items() if t == task_id for s in outs]
         return sum(seen) / len(seen) if seen else None
 
@@ -97,12 +98,14 @@ class ContextSampler:
 
     # -- resume --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Outcomes and RNG, JSON-friendly, so a resumed run draws the same contexts."""
         return {
             "outcomes": {f"{t},{i}": list(v) for (t, i), v in self.outcomes.items()},
             "rng": self.rng.getstate(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what state_dict saved (lists back to the tuples random.setstate needs)."""
         self.outcomes.clear()
         for key, outs in state["outcomes"].items():
             t, i = (int(x) for x in key.split(","))

@@ -28,6 +28,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 from lerobot.configs import FeatureType, PolicyFeature
@@ -130,7 +131,7 @@ def make_tiny_pi0_config(
     num_inference_steps: int = 4,
     tokenizer_max_length: int = 16,
     device: str = "cpu",
-    **overrides,
+    **overrides: Any,
 ) -> PI0Config:
     """A PI0Config for a tiny LIBERO-shaped PI0: two cameras, 8-dim state, 7-dim actions (padded to 32).
 

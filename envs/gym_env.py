@@ -62,7 +62,8 @@ class LiberoGymEnv(gym.Env):
         self.action_space = spaces.Box(-1.0, 1.0, self._action_shape, np.float32)
         self._init_state_id = 0
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Gymnasium's reset; options.init_state_id picks the shipped state, else the seeded RNG does."""
         super().reset(seed=seed)
         if seed is not None:  # the scene seed (pinned) and the jitter's generator (upstream)
             self.sim.seed = int(seed)
@@ -75,7 +76,8 @@ class LiberoGymEnv(gym.Env):
         obs = self.sim.reset(self._init_state_id, hard=bool(options.get("hard_reset", self.hard_reset)))
         return obs, self._info(False, 0)
 
-    def step(self, action):
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """One action, or one chunk when built with action_chunk; reward 1.0 on success, which terminates."""
         actions = _validate_actions(np.asarray(action, dtype=np.float64), self._action_shape)
         obs, success, executed, truncated = self.sim.step(actions)
         return obs, float(success), bool(success), bool(truncated), self._info(success, executed)
@@ -94,6 +96,7 @@ class LiberoGymEnv(gym.Env):
         return np.ascontiguousarray(img[::-1, ::-1])
 
     def close(self) -> None:
+        """Frees the simulator and its GL context (gymnasium's contract)."""
         self.sim.close()
 
 

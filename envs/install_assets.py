@@ -37,6 +37,7 @@ def assets_source_dir() -> Path:
 
 
 def config_file() -> Path:
+    """LIBERO's config, where LIBERO itself looks: $LIBERO_CONFIG_PATH or ~/.libero."""
     root = Path(os.environ.get("LIBERO_CONFIG_PATH", Path.home() / ".libero")).expanduser()
     return root / "config.yaml"
 
@@ -78,6 +79,7 @@ def _config_points_at(cfg: Path, pkg: Path) -> bool:
 
 
 def main() -> int:
+    """setup.sh's last step: exit status 1 with a one-line reason when LIBERO can't be made ready."""
     try:
         ensure_libero_ready()
     except RuntimeError as err:

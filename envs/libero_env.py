@@ -38,7 +38,7 @@ import os
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -47,6 +47,10 @@ from torchrl.data.tensor_specs import Bounded, Categorical, Composite, NonTensor
 from torchrl.envs import EnvBase
 
 from ript.envs import keys
+
+if TYPE_CHECKING:  # LIBERO's modules import the simulator: for hints only
+    from libero.libero.benchmark import Benchmark
+    from libero.libero.envs.bddl_base_domain import BDDLBaseDomain
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 # openpi's LIBERO evaluation horizons: policy-driven simulator steps after settling.
@@ -87,7 +91,7 @@ def _import_libero():
     return benchmark, get_libero_path, OffScreenRenderEnv
 
 
-def get_suite(suite: str):
+def get_suite(suite: str) -> Benchmark:
     """The LIBERO benchmark object for `suite`; unknown names list the valid ones."""
     if suite not in SUITES:
         raise ValueError(f"unknown LIBERO suite {suite!r}: use one of {list(SUITES)}")
@@ -106,7 +110,7 @@ def suite_sizes(suite: str) -> tuple[int, ...]:
     return tuple(len(suite_obj.get_task_init_states(i)) for i in range(suite_obj.n_tasks))
 
 
-def resolve_task_id(suite_obj, task: int | str) -> int:
+def resolve_task_id(suite_obj: Benchmark, task: int | str) -> int:
     """Task index from an index, a task name (bddl stem) or its language instruction."""
     n = suite_obj.n_tasks
     if isinstance(task, (int, np.integer)) and not isinstance(task, bool):
@@ -123,7 +127,7 @@ def resolve_task_id(suite_obj, task: int | str) -> int:
     raise TypeError(f"task must be an int id or a str name, got {type(task).__name__}")
 
 
-def load_init_states(suite_obj, task_id: int) -> np.ndarray:
+def load_init_states(suite_obj: Benchmark, task_id: int) -> np.ndarray:
     """The task's shipped initial simulator states [N, D] (through torchrl's trusted-file loader)."""
     from torchrl.envs.libs.libero import LiberoEnv as _TorchRLLibero
 
@@ -142,6 +146,7 @@ def scene_seed(seed: int, suite: str, task_id: int, init_state_id: int | None) -
 
 
 def check_fixture_placement(mode: str) -> str:
+    """`mode`, checked before any simulator is built, so a typo fails with the valid choices."""
     if mode not in FIXTURE_PLACEMENTS:
         raise ValueError(f"fixture_placement must be one of {list(FIXTURE_PLACEMENTS)}, got {mode!r}")
     return mode
@@ -282,15 +287,17 @@ class LiberoSimulator:
 
     @property
     def n_init_states(self) -> int:
+        """How many shipped init states the task has: the valid init_state_id range."""
         return len(self.init_states)
 
     @property
-    def robosuite_env(self):
+    def robosuite_env(self) -> BDDLBaseDomain:
         """The underlying robosuite environment (LIBERO's BDDL domain)."""
         return self._env.env
 
     @property
     def lazy_render(self) -> bool:
+        """Cameras render only on a decision step's last simulator step (same images, less time)."""
         return self._lazy
 
     @lazy_render.setter
@@ -433,6 +440,7 @@ class LiberoSimulator:
         return self._read(obs), success, executed, truncated
 
     def close(self) -> None:
+        """Frees the renderer before the env, and collects now, so GL contexts don't pile up."""
         if self._env is not None:
             self._free_renderer()
             self._env.close()
@@ -708,6 +716,7 @@ class LiberoEnv(EnvBase):
         return td
 
     def close(self, *, raise_if_closed: bool = True) -> None:
+        """Closes the simulator too (it may be absent when __init__ failed part-way)."""
         if getattr(self, "sim", None) is not None:
             self.sim.close()
         super().close(raise_if_closed=raise_if_closed)

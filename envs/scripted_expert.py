@@ -206,6 +206,7 @@ class PickPlaceExpert:
         return axis / (np.linalg.norm(axis) + 1e-9)
 
     def object_pos(self) -> np.ndarray:
+        """The grasped object's position now (a copy), to check lifts and placements against."""
         return self.env.sim.data.body_xpos[self._obj_bid].copy()
 
     # -- planning -----------------------------------------------------------------------
@@ -375,6 +376,7 @@ class PickPlaceExpert:
 
     @property
     def phase_name(self) -> str:
+        """The current phase by name, for logs and failure messages."""
         return PHASE_NAMES[self.phase]
 
 

@@ -94,6 +94,7 @@ class PI0ImageTransform(_ObservationTransform):
         return next_tensordict
 
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:
+        """Resized uint8 camera specs; a missing camera key fails here, at build, not mid-rollout."""
         for in_key, out_key in zip(self.in_keys, self.out_keys):
             if in_key not in observation_spec.keys(True, True):
                 raise KeyError(f"PI0ImageTransform: camera key {in_key} is not in the env's observation spec; pass the env's camera keys")
@@ -155,6 +156,7 @@ class PI0StateTransform(_ObservationTransform):
         return torch.nn.functional.pad(state, (0, self.pad_to - state.shape[-1]))
 
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:
+        """The padded state's spec; missing state keys fail at build, not mid-rollout."""
         for k in self.in_keys:
             if k not in observation_spec.keys(True, True):
                 raise KeyError(f"PI0StateTransform: {k} is not in the env's observation spec; pass the env's state keys")
@@ -206,6 +208,7 @@ class PI0ActionTransform(Transform):
         return raw
 
     def transform_input_spec(self, input_spec: Composite) -> Composite:
+        """The policy sees the padded action width; a mismatched action_dim fails at build."""
         input_spec = input_spec.clone()
         key = ("full_action_spec", *((self.in_keys_inv[0],) if isinstance(self.in_keys_inv[0], str) else self.in_keys_inv[0]))
         inner = input_spec[key]
@@ -299,6 +302,7 @@ class PI0TokenizeTransform(_ObservationTransform):
         return next_tensordict
 
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:
+        """Adds the token ids and the attention mask, so collectors preallocate them."""
         shape = (*observation_spec.shape, self.max_length)
         device = observation_spec.device
         observation_spec[self.out_keys[0]] = Unbounded(shape=shape, dtype=torch.int64, device=device)

@@ -95,6 +95,7 @@ def evaluate_checkpoint(cfg: RIPTConfig, suites: list[str], tasks: list[int] | N
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Config errors exit 2 with one line, before any simulator starts; returns the results for tests."""
     argv = sys.argv[1:] if argv is None else argv
     dry_run = "--dry-run" in argv
     argv = [a for a in argv if a != "--dry-run"]

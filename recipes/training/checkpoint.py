@@ -58,6 +58,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restores get_rng_state's generators so a resumed run draws the same numbers; CUDA only on the same device count."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -176,6 +177,7 @@ class Checkpointer:
         return pointed
 
     def best(self) -> Path | None:
+        """The checkpoint last saved with is_best (None if none): pruning keeps it for evaluation."""
         return self._pointer("best")
 
     # -- saving --------------------------------------------------------------------------------

@@ -461,17 +461,8 @@ def to_yaml(cfg: RIPTConfig) -> str:
 
 
 def to_dict(cfg: RIPTConfig) -> dict[str, Any]:
+    """Plain containers, for loggers (wandb's run config) that take no dataclasses."""
     return dataclasses.asdict(cfg)
-
-
-def from_dict(data: dict[str, Any]) -> RIPTConfig:
-    """Rebuild a config stored in a checkpoint (validated like a fresh one)."""
-    try:
-        cfg: RIPTConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RIPTConfig), data))  # type: ignore[assignment]
-    except OmegaConfBaseException as e:
-        raise ConfigError(one_line_error(e)) from e
-    validate(cfg)
-    return cfg
 
 
 def parse_args(argv: list[str]) -> tuple[str, list[str]]:

@@ -45,6 +45,7 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Collectives are needed only with more than one rank; one rank skips them all."""
         return self.world_size > 1
 
 
@@ -127,15 +128,6 @@ def all_reduce_sum(info: DistInfo, values: Sequence[float] | torch.Tensor) -> to
 def any_rank(info: DistInfo, flag: bool) -> bool:
     """True on every rank if it is true on at least one (e.g. early stop, preemption)."""
     return bool(all_reduce_sum(info, [1.0 if flag else 0.0])[0] > 0)
-
-
-def broadcast_object(info: DistInfo, obj: T) -> T:
-    """Rank 0's value of `obj` on every rank."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def all_gather_object(info: DistInfo, obj: T) -> list[T]:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +281,7 @@ class Optimization:
 
 
 def make_optimization(cfg: RIPTConfig, policy: FlowMatchingPolicy, device: torch.device) -> Optimization:
+    """Optimizer, LR schedule (sized to the run's optimizer steps) and AMP scaler, built together from one config."""
     o = cfg.optim
     optimizer = make_optimizer(policy.parameters(), o.lr, o.weight_decay, o.betas)
     scheduler = make_scheduler(
@@ -308,13 +308,3 @@ def stored_keys(policy: FlowMatchingPolicy, data: TensorDictBase) -> list[Any]:
     wanted.append("action_noise")  # only when the policy records it (relabel_chunks)
     present = set(data.keys(include_nested=True))
     return [k for k in dict.fromkeys(wanted) if k in present]
-
-
-@dataclass
-class RunClock:
-    """Wall time since the run started (for env steps/s and ETA)."""
-
-    start: float = field(default_factory=time.perf_counter)
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start

@@ -110,19 +110,23 @@ class Watchdog:
         self._thread.start()
 
     def kick(self) -> None:
+        """Progress was seen: restart the timeout from now."""
         self._last = time.monotonic()
 
     def enter_busy(self) -> None:
+        """The policy computes now: slow inference must not read as a hung env."""
         with self._lock:
             self._busy += 1
 
     def exit_busy(self) -> None:
+        """The policy is done; the env's time is watched again, from now."""
         with self._lock:
             self._busy = max(0, self._busy - 1)
         self.kick()
 
     @contextlib.contextmanager
     def armed(self) -> Iterator[None]:
+        """Watch only while collecting: between rollouts (updates, evals) nothing can hang an env."""
         self.fired = False
         self._busy = 0
         self.kick()
@@ -140,6 +144,7 @@ class Watchdog:
                     self.on_expire()
 
     def close(self) -> None:
+        """Stops the polling thread, waiting at most a second so a stuck callback can't block exit."""
         self._stop.set()
         self._thread.join(timeout=1.0)
 
@@ -231,6 +236,7 @@ class EnvSupervisor:
         return {"faults/env_faults": new, "faults/env_restarts": self.restarts}
 
     def close(self) -> None:
+        """Best-effort teardown: a broken collector or env must not hide the run's own error."""
         for h in self._hooks:
             h.remove()
         self.watchdog.close()
@@ -263,9 +269,11 @@ class NonFiniteGuard:
             )
 
     def state_dict(self) -> dict[str, int]:
+        """The streak survives a resume, so repeated crash-resume cycles still abort."""
         return {"streak": self.streak, "total": self.total}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restores state_dict's counters (zero for checkpoints saved without them)."""
         self.streak, self.total = int(state.get("streak", 0)), int(state.get("total", 0))
 
 

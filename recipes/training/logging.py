@@ -67,11 +67,13 @@ class PhaseTimer:
             self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
 
     def metrics(self) -> dict[str, float]:
+        """Seconds per phase and their sum, as log keys, to see where an iteration goes."""
         out = {f"time/{k}_s": v for k, v in self.times.items()}
         out["time/iteration_s"] = sum(self.times.values())
         return out
 
     def reset(self) -> None:
+        """Start the next iteration from zero (phases add up within one)."""
         self.times.clear()
 
 
@@ -159,18 +161,21 @@ class MetricLogger:
             writer.writerow(row)
 
     def log_video(self, iteration: int, path: str | Path, key: str = "video/rollouts") -> None:
+        """Uploads a rollout video to wandb (rank 0 only); the file on disk is the CSV run's record."""
         if self._wandb is not None and self.is_main:
             import wandb
 
             self._wandb.log({key: wandb.Video(str(path), format="mp4")}, step=iteration)
 
     def log_image(self, path: str | Path, key: str) -> None:
+        """Uploads a plot to wandb (rank 0 only), without a step: plots summarise the run."""
         if self._wandb is not None and self.is_main:
             import wandb
 
             self._wandb.log({key: wandb.Image(str(path))})
 
     def close(self) -> None:
+        """Finishes the wandb run so its last metrics are flushed; safe to call twice."""
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None

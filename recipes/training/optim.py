@@ -9,7 +9,6 @@ on CUDA or CPU (no scaler needed), fp16 autocast + GradScaler on CUDA only.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from collections.abc import Iterable
@@ -67,13 +66,6 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    dtype = amp_dtype(amp, device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def make_grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler | None:
     """A GradScaler for fp16 on CUDA (bf16 has fp32's range and needs none)."""
     if amp == "fp16" and device.type == "cuda":
@@ -101,12 +93,15 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
+        """`patience` evals in a row without a new best (never when patience is 0)."""
         return self.patience > 0 and self.bad_evals >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
+        """Best value and bad-eval count, so patience carries over a resume."""
         return {"best": self.best, "bad_evals": self.bad_evals}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what state_dict saved."""
         self.best, self.bad_evals = state["best"], state["bad_evals"]
 
 

@@ -29,6 +29,7 @@ class PreemptionHandler:
 
     @property
     def requested(self) -> bool:
+        """A signal arrived: the loop checkpoints and exits at its next safe point."""
         return self.received is not None
 
     def check(self) -> None:
@@ -44,11 +45,13 @@ class PreemptionHandler:
         self.received = signal.Signals(signum)
 
     def install(self) -> "PreemptionHandler":
+        """Catches the signals, keeping the previous handlers for restore; returns self."""
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def restore(self) -> None:
+        """Puts the previous handlers back, so a second signal (or one after the run) acts as usual."""
         for sig, prev in self._previous.items():
             signal.signal(sig, prev)
         self._previous.clear()

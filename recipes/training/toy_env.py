@@ -48,11 +48,13 @@ class ContextToyVLAEnv(ToyVLAEnv):
         return len(self._contexts)
 
     def clear_contexts(self) -> int:
+        """Drops queued contexts (a fault or stale groups); returns how many, to count them as lost."""
         n = len(self._contexts)
         self._contexts.clear()
         return n
 
     def pending_contexts(self) -> int:
+        """Contexts still queued for later resets, so callers push only what is missing."""
         return len(self._contexts)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
