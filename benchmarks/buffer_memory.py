@@ -61,6 +61,7 @@ def decision_steps(n: int, image: int, chunk: int, tokens: int) -> TensorDict:
 
 
 def measure(image: int, chunk: int, tokens: int, n: int = 64) -> tuple[float, float]:
+    """Bytes per stored decision step in the replay buffer and the raw uint8 bytes it holds."""
     from ript.recipes.training.factories import stored_keys
 
     data = decision_steps(n, image, chunk, tokens)
@@ -82,6 +83,7 @@ def report(cfg: BufferConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: key=value settings, --dry-run, -h."""
     run_cli(BufferConfig, report, argv, validate=validate, description=__doc__)
 
 

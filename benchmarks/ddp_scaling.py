@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def validate(cfg: ScalingConfig) -> None:
 
 
 def make_policy(kind: str, device: torch.device, image_size: int, width: int) -> torch.nn.Module:
+    """The policy each rank trains (same seed everywhere, as DDP starts from one copy)."""
     torch.manual_seed(0)
     if kind == "mlp":
         from ript.algos import FlowMatchingMLPPolicy
@@ -74,6 +76,7 @@ def make_policy(kind: str, device: torch.device, image_size: int, width: int) ->
 
 
 def make_data(kind: str, policy: torch.nn.Module, n: int, image_size: int, seed: int) -> TensorDict:
+    """A rank's synthetic decision steps, shaped like kept rollout steps."""
     g = torch.Generator().manual_seed(seed)
     td = TensorDict({"action_chunk": torch.randn(n, 10, 32, generator=g), "advantage": torch.randn(n, 1, generator=g)}, [n])
     if kind == "mlp":
@@ -126,13 +129,15 @@ def worker(args: ScalingConfig) -> None:
             print(json.dumps({"ranks": info.world_size, "samples": samples, "best_s": best, "median_s": sorted(times)[len(times) // 2], "samples_per_s": samples / best}))
 
 
-def all_reduce_max(info, value: float) -> float:
+def all_reduce_max(info: Any, value: float) -> float:
+    """The largest of the ranks' values (the slowest rank sets a step's time)."""
     from ript.recipes.training.distributed import all_gather_object
 
     return max(all_gather_object(info, value))
 
 
 def launch(args: ScalingConfig, ranks: int) -> dict:
+    """Run the worker on `ranks` processes with torchrun and read back its timings."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_port", str(29600 + ranks), __file__,
            WORKER, *to_dotlist(args)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
@@ -159,6 +164,7 @@ def scale(args: ScalingConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: key=value settings, --dry-run, -h."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == [WORKER]:  # a rank launched by `launch`, with the parent's config as key=value
         worker(load_config_or_exit(ScalingConfig, argv[1:], validate))

@@ -50,6 +50,7 @@ def _actions(n: int, seed: int = 0) -> np.ndarray:
 
 
 def plain_libero(steps: int, camera: int) -> float:
+    """Steps/s of LIBERO's own loop (every step rendered): the baseline of the ratios."""
     _, get_libero_path, OffScreenRenderEnv = _import_libero()
     suite = get_suite(SUITE)
     task = suite.get_task(TASK)
@@ -71,6 +72,7 @@ def plain_libero(steps: int, camera: int) -> float:
 
 
 def liberoenv_rate(env: LiberoEnv, steps: int, chunk: int | None) -> float:
+    """Simulator steps/s of LiberoEnv, one action or one chunk per env step."""
     td = env.reset()
     n = 1 if chunk is None else chunk
     acts = torch.as_tensor(_actions(steps), dtype=torch.float32)
@@ -85,6 +87,7 @@ def liberoenv_rate(env: LiberoEnv, steps: int, chunk: int | None) -> float:
 
 
 def physics_rate(env: LiberoEnv, steps: int) -> float:
+    """Steps/s of the physics alone (no rendering): the ceiling of any env speed-up."""
     env.reset()
     rs = env.sim.robosuite_env
     acts = _actions(steps)
@@ -95,6 +98,7 @@ def physics_rate(env: LiberoEnv, steps: int) -> float:
 
 
 def reset_times(env: LiberoEnv, n: int = 3) -> tuple[float, float]:
+    """Mean seconds of a soft reset (state restore) and of a hard one (simulator rebuilt)."""
     soft, hard = [], []
     for i in range(n):
         t0 = time.perf_counter()
@@ -181,6 +185,7 @@ def measure(args: ThroughputConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: key=value settings, --dry-run, -h."""
     run_cli(ThroughputConfig, measure, argv, validate=validate, description=__doc__)
 
 

@@ -84,6 +84,7 @@ def _stats(states: list[list[bool]], k: int) -> dict[str, Any]:
 
 
 def write_report(summary: dict[str, Any], json_path: Path) -> None:
+    """The summary as JSON and as a markdown table beside it."""
     write_json_atomic(json_path, summary)
     lines = [f"# Fixture placement: pinned vs upstream ({summary['repeats']} episodes per held-out init state "
              f"{summary['init_states'][0]}-{summary['init_states'][-1]}, groups of K={summary['group_size']})", "",

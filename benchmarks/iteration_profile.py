@@ -50,6 +50,7 @@ def profile(cfg: ProfileConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: key=value settings, --dry-run, -h."""
     run_cli(ProfileConfig, profile, argv, validate=validate, description=__doc__)
 
 

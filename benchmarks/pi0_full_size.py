@@ -105,6 +105,7 @@ def pi0_config(size: str, device: str) -> Any:
 
 
 def tiny_spec_for(size: str) -> Any:
+    """The TinyPI0Spec of `size` (None at full size: lerobot's gemma_2b + gemma_300m)."""
     from ript.algos.tiny_pi0 import TinyPI0Spec
 
     return TinyPI0Spec(vocab_size=PALIGEMMA_VOCAB) if size == "tiny" else None
@@ -127,6 +128,7 @@ def probe(batch: int = 1) -> tuple[Any, Any]:
 
 
 def phase_build(size: str, ckpt: Path, device: str) -> dict[str, Any]:
+    """Build PI0 from a config in bf16, save it, and time one action chunk (a child process: its peak RSS is its own)."""
     import torch
     from lerobot.policies.pi0.modeling_pi0 import PI0Policy
 
@@ -163,6 +165,7 @@ def phase_build(size: str, ckpt: Path, device: str) -> dict[str, Any]:
 
 
 def phase_reload(size: str, ckpt: Path, device: str) -> dict[str, Any]:
+    """Reload the saved PI0 with lerobot's own loader and check it acts as the built one did."""
     import torch
     from lerobot.configs import PreTrainedConfig
     from lerobot.policies.pi0.modeling_pi0 import PI0Policy
@@ -288,6 +291,7 @@ def child_step(argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Command-line entry: key=value settings, --dry-run, -h."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == [PHASE]:  # a child step launched by run_phase
         return child_step(argv[1:])
@@ -325,6 +329,7 @@ def run_all(args: FullSizeConfig) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any]) -> None:
+    """Print the measurements as the README's table rows."""
     b, l = r["build"], r["reload"]
     print(f"\nPI0 {r['size']} on {r['device']} (bfloat16, 224 px, chunk {CHUNK}, {DENOISE} denoising steps):")
     print(f"  parameters            {b['params_total'] / 1e9:.3f} B total, {b['params_trainable_trunk_frozen'] / 1e6:.1f} M trainable (policy.freeze=trunk)")

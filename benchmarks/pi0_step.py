@@ -54,6 +54,7 @@ def validate(cfg: StepConfig) -> None:
 
 
 def build(size: str, device: torch.device) -> Any:
+    """A PI0Policy of `size` on `device` (random weights, bf16 at full size)."""
     from lerobot.policies.pi0.modeling_pi0 import PI0Policy
 
     from ript.algos import PI0Actor, bf16_construction, build_libero_tokenizer, tiny_pi0_sizes
@@ -68,6 +69,7 @@ def build(size: str, device: torch.device) -> Any:
 
 
 def batch_td(batch: int, device: torch.device) -> Any:
+    """A random batch in lerobot's PI0 input format, for timing updates."""
     from tensordict import TensorDict
 
     g = torch.Generator().manual_seed(0)
@@ -160,6 +162,7 @@ def run(args: StepConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Command-line entry: key=value settings, --dry-run, -h."""
     return run_cli(StepConfig, run, argv, validate=validate, description=__doc__)
 
 

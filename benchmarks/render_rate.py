@@ -55,6 +55,7 @@ def measure(args: RenderConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: key=value settings, --dry-run, -h."""
     run_cli(RenderConfig, measure, argv, validate=validate, description=__doc__)
 
 

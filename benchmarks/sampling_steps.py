@@ -100,6 +100,7 @@ def compare(cfg: StepsConfig) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]] | None:
+    """Command-line entry: key=value settings, --dry-run, -h."""
     return run_cli(StepsConfig, compare, argv, validate=validate, description=__doc__)
 
 

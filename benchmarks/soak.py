@@ -120,6 +120,7 @@ def soak(args: SoakConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: key=value settings, --dry-run, -h."""
     return run_cli(SoakConfig, soak, argv, validate=validate, description=__doc__) or 0
 
 

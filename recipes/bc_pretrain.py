@@ -35,6 +35,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `ript` importable from a plain checkout too
@@ -258,6 +259,7 @@ def random_shift(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.
 
 
 def make_actor(cfg: BCConfig, image_size: int) -> PI0Actor:
+    """A fresh tiny PI0 of the configured sizes, with a tokenizer that knows the demos' instructions."""
     spec = TinyPI0Spec(
         width=cfg.width, depth=cfg.depth, mlp_dim=2 * cfg.width, vision_width=cfg.vision_width,
         vision_depth=cfg.vision_layers, vision_mlp_dim=2 * cfg.vision_width, patch_size=cfg.patch_size,
@@ -277,7 +279,7 @@ def save_checkpoint(actor: PI0Actor, norm: NormStats, cfg: BCConfig, directory: 
 # --------------------------------------------------------------------------- main
 
 
-def train(cfg: BCConfig, log=print) -> dict[str, Any]:
+def train(cfg: BCConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Load the demos, fit the tiny PI0, evaluate each task along the way, save to cfg.out."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `ript` importable from a plain checkout too
@@ -166,7 +167,7 @@ def _worker(task_spec: str, cfg_dict: dict[str, Any], queue: Any, parent: int | 
         queue.put(("error", f"{task_spec}: {type(err).__name__}: {err}"))
 
 
-def collect(cfg: DemoConfig, log=print) -> dict[str, Any]:
+def collect(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the experts over cfg.tasks x cfg.init_states and write the successful episodes."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
