@@ -75,6 +75,7 @@ class SystemStats:
         self._nvml_tried = False
 
     def metrics(self) -> dict[str, float]:
+        """CPU % since the last call (this process, the machine), 1-minute load, free disk; GPU figures on CUDA."""
         out = {"sys/cpu_process_pct": self.process.cpu_percent(None), "sys/cpu_system_pct": psutil.cpu_percent(None),
                "sys/load_1m": psutil.getloadavg()[0], "sys/disk_free_gib": disk_free_bytes(self.out_dir) / 2**30}
         if self.device.type == "cuda" and torch.cuda.is_available():
@@ -130,6 +131,7 @@ class HealthMonitor:
 
     # -- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps, so a resumed run is judged against its whole past."""
         return {"history": self.history, "best_success": self.best_success}
 
     def load_state_dict(self, state: dict[str, Any], iteration: int) -> None:
@@ -218,7 +220,7 @@ class HealthMonitor:
             return _Check(float("nan"), t, False)
         free_gib = _num(seen.get("sys/disk_free_gib"))
         n = free_gib * 2**30 / ckpt_bytes
-        return _Check(n, t, n < t, f"free disk {free_gib:.2f} GiB holds {n:.1f} checkpoints of {ckpt_bytes / 2**30:.2f} GiB "
+        return _Check(n, t, n < t, f"free disk {free_gib:.2f} GiB holds {n:.1f} checkpoints of {ckpt_bytes / 2**20:.1f} MiB "
                       f"(threshold {t:g}): free space, lower checkpoint.keep_last or move logging.output_dir")
 
     def nonfinite(self, seen: dict[str, Any]) -> _Check:
