@@ -11,6 +11,7 @@ with `health.action=stop` the trainer checkpoints and stops with the reason.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import statistics
@@ -23,6 +24,7 @@ import psutil
 import torch
 
 from .checkpoint import write_json_atomic
+from .config import HealthConfig
 
 CHECKS = ("slow_env", "rss_growth", "gpu_growth", "gpu_full", "disk_low", "nonfinite", "no_groups", "success_drop", "env_restarts")
 HEALTH_COLUMNS = [f"health/{name}" for name in CHECKS]
@@ -121,7 +123,7 @@ class _Check:
 class HealthMonitor:
     """Keeps the checks' history and runs them; `stop_reason` is set when health.action=stop and one fired."""
 
-    def __init__(self, cfg: Any, out_dir: Path, device: torch.device, log: Callable[[str], None], is_main: bool = True) -> None:
+    def __init__(self, cfg: HealthConfig, out_dir: Path, device: torch.device, log: Callable[[str], None], is_main: bool = True) -> None:
         self.cfg, self.out_dir, self.log, self.is_main = cfg, out_dir, log, is_main
         self.system = SystemStats(out_dir, device, log)
         self.history: list[dict[str, float]] = []
@@ -140,8 +142,6 @@ class HealthMonitor:
         self.best_success = float(state.get("best_success", float("nan")))
         path = self.out_dir / "health.json"
         if path.is_file():
-            import json
-
             self.findings = [f for f in json.loads(path.read_text()).get("findings", []) if f["iteration"] <= iteration]
 
     # -- per iteration --------------------------------------------------------------------------
@@ -151,8 +151,7 @@ class HealthMonitor:
         seen = {**metrics, **out}
         self.history = (self.history + [{k: _num(seen.get(key)) for k, key in HISTORY_KEYS.items()}])[-MAX_HISTORY:]
         success = _num(metrics.get("eval/success_rate"))
-        checked = it % self.cfg.every == 0
-        if checked:
+        if it % self.cfg.every == 0:
             ckpt_bytes = dir_size_bytes(last_checkpoint) if last_checkpoint is not None and last_checkpoint.is_dir() else 0
             verdicts = self.run_checks(seen, success, ckpt_bytes)
             out.update({f"health/{name}": float(v.fired) for name, v in verdicts.items()})
