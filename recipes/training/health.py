@@ -32,7 +32,7 @@ SYSTEM_COLUMNS = ["sys/cpu_process_pct", "sys/cpu_system_pct", "sys/load_1m", "s
                   "gpu/util_pct", "gpu/mem_used_gib", "gpu/mem_total_gib"]
 # what one iteration's history row keeps (the checks read nothing else from the past)
 HISTORY_KEYS = {"sps": "perf/env_steps_per_s", "rss": "mem/rss_gib", "gpu": "mem/gpu_reserved_gib",
-                "kept": "groups/kept", "restarts": "faults/env_restarts"}
+                "kept": "groups/kept", "restarts": "faults/env_restarts"}  # restarts: stored as this iteration's new ones
 MAX_HISTORY = 200  # iterations kept: the "run's median" is over at most this many
 
 
@@ -130,6 +130,7 @@ class HealthMonitor:
         self.best_success = float("nan")
         self.findings: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
+        self._restarts_seen = 0.0  # faults/env_restarts counts this process's restarts: it starts at 0 after a resume
 
     # -- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -149,7 +150,10 @@ class HealthMonitor:
         """System metrics and (every health.every iterations) the health/<check> columns for iteration `it`."""
         out = self.system.metrics()
         seen = {**metrics, **out}
-        self.history = (self.history + [{k: _num(seen.get(key)) for k, key in HISTORY_KEYS.items()}])[-MAX_HISTORY:]
+        row = {k: _num(seen.get(key)) for k, key in HISTORY_KEYS.items()}
+        if not math.isnan(row["restarts"]):
+            row["restarts"], self._restarts_seen = max(row["restarts"] - self._restarts_seen, 0.0), row["restarts"]
+        self.history = (self.history + [row])[-MAX_HISTORY:]
         success = _num(metrics.get("eval/success_rate"))
         if it % self.cfg.every == 0:
             ckpt_bytes = dir_size_bytes(last_checkpoint) if last_checkpoint is not None and last_checkpoint.is_dir() else 0
@@ -249,7 +253,7 @@ class HealthMonitor:
 
     def env_restarts(self) -> _Check:
         """Env rebuilds (worker deaths/hangs) within the last health.window iterations."""
-        t, series = self.cfg.env_restarts, [v for v in self._series("restarts")[-self.cfg.window - 1:] if not math.isnan(v)]
-        n = sum(max(b - a, 0) for a, b in zip(series, series[1:]))
+        t = self.cfg.env_restarts
+        n = sum(v for v in self._series("restarts")[-self.cfg.window:] if not math.isnan(v))
         return _Check(n, t, n >= t, f"env workers restarted {n:.0f} times in {self.cfg.window} iterations (threshold {t}): "
                       "check the workers' memory (dmesg for OOM kills), raise env.step_timeout_s or lower env.num_envs")

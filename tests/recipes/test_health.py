@@ -52,7 +52,7 @@ CASES = {  # check -> (rows, 1-based row at which it first fires, system figures
     "nonfinite": ([{"optim/nonfinite_streak": 2}, {"optim/skipped_nonfinite": 3}], 2, None),
     "no_groups": ([{"groups/kept": 0}] * 3, 3, None),
     "success_drop": ([{"eval/success_rate": 0.5}, {"eval/success_rate": 0.8}, {"eval/success_rate": 0.6}, {"eval/success_rate": 0.4}], 4, None),
-    "env_restarts": ([{}, {"faults/env_restarts": 1}, {"faults/env_restarts": 2}], 3, None),
+    "env_restarts": ([{"faults/env_restarts": 1}, {"faults/env_restarts": 1}, {"faults/env_restarts": 2}], 3, None),  # from the start
 }
 
 
@@ -99,6 +99,15 @@ def test_history_survives_resume(tmp_path: Path) -> None:
     assert [f["iteration"] for f in resumed.findings] == [14]  # entries after the checkpoint are dropped
     assert _drive(resumed, [{"perf/env_steps_per_s": 30.0}], start=15)[0]["health/slow_env"] == 1.0
     assert _drive(fresh, [{"perf/env_steps_per_s": 30.0}], start=15)[0]["health/slow_env"] == 0.0  # no history: cannot judge
+
+
+def test_env_restarts_count_across_a_resume(tmp_path: Path) -> None:
+    first = _monitor(tmp_path, [])
+    assert _drive(first, [{"faults/env_restarts": 1}])[0]["health/env_restarts"] == 0.0
+    resumed = _monitor(tmp_path, [])
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())), iteration=1)
+    # the new process counts its restarts from 0 again: its first one is the run's second in the window
+    assert _drive(resumed, [{"faults/env_restarts": 0}, {"faults/env_restarts": 1}], start=2)[-1]["health/env_restarts"] == 1.0
 
 
 def test_system_metrics_without_gpu_or_pynvml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
