@@ -183,6 +183,26 @@ class PreflightConfig:
 
 
 @dataclass
+class HealthConfig:
+    """Checks of a running job (recipes/training/health.py); each names its likely fix."""
+
+    every: int = 1  # run the checks every N iterations (system metrics are logged every iteration)
+    action: str = "warn"  # warn: console line + health.json | stop: also checkpoint and stop the run
+    min_history: int = 5  # iterations of env steps/s history before slow_env judges
+    slow_ratio: float = 0.5  # slow_env: env steps/s below this x the run's median ...
+    slow_iterations: int = 3  # ... in each of the last N iterations
+    window: int = 10  # iterations over which rss_growth, gpu_growth and env_restarts are measured
+    rss_growth: float = 0.25  # rss_growth: relative RSS growth over the window
+    gpu_growth: float = 0.25  # gpu_growth: relative growth of reserved GPU memory over the window
+    gpu_capacity: float = 0.95  # gpu_full: reserved / total GPU memory
+    disk_checkpoints: float = 3.0  # disk_low: free disk below this many checkpoints of the last one's size
+    nonfinite_steps: int = 3  # nonfinite: skipped non-finite update steps (streak or in one iteration)
+    no_groups_iterations: int = 3  # no_groups: iterations in a row without an informative group
+    success_drop: float = 0.3  # success_drop: held-out success this far below the best so far
+    env_restarts: int = 2  # env_restarts: env rebuilds within the window
+
+
+@dataclass
 class DistributedConfig:
     backend: str = "auto"  # auto (nccl on cuda, gloo on cpu) | nccl | gloo
     timeout_s: int = 1800
@@ -202,6 +222,7 @@ class RIPTConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     config_name: str = DEFAULT_CONFIG_NAME  # set by the loader
     debug: bool = False  # full tracebacks on config errors
@@ -223,6 +244,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "logging.wandb": ("online", "offline", "disabled"),
     "sampling.strategy": ("uniform", "balanced", "curriculum"),
     "distributed.backend": ("auto", "nccl", "gloo"),
+    "health.action": ("warn", "stop"),
 }
 
 
@@ -425,6 +447,22 @@ def validate(cfg: RIPTConfig) -> None:
     need(not (p.path_required and p.kind == "pi0" and p.path is None), f"policy.path is not set and config '{cfg.config_name}' trains a real checkpoint: set "
          f"policy.path=<local lerobot PI0 checkpoint dir with {CHECKPOINT_LAYOUT}>")
     need(not p.gradient_checkpointing or p.kind == "pi0", "policy.gradient_checkpointing=true applies to policy.kind=pi0 only: set it to false")
+    validate_health(cfg.health)
+
+
+def validate_health(h: HealthConfig) -> None:
+    """The health thresholds: counts >= 1, fractions in range; one line naming the key."""
+    for key in ("every", "min_history", "slow_iterations", "nonfinite_steps", "no_groups_iterations", "env_restarts"):
+        if getattr(h, key) < 1:
+            raise ConfigError(f"health.{key}={getattr(h, key)} must be >= 1: set it to 1 or more")
+    for key in ("slow_ratio", "gpu_capacity", "success_drop"):
+        if not 0 < getattr(h, key) <= 1:
+            raise ConfigError(f"health.{key}={getattr(h, key)} must be in (0, 1]: set a fraction such as 0.5")
+    if h.window < 2:
+        raise ConfigError(f"health.window={h.window} must be >= 2 (growth needs two iterations): set health.window=10")
+    for key in ("rss_growth", "gpu_growth", "disk_checkpoints"):
+        if getattr(h, key) <= 0:
+            raise ConfigError(f"health.{key}={getattr(h, key)} must be > 0: set a positive threshold")
 
 
 class TaskSpec(NamedTuple):

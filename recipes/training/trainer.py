@@ -47,6 +47,7 @@ from .config import ConfigError, RIPTConfig, task_specs, to_dict, to_yaml
 from .distributed import DistInfo, all_gather_object, all_reduce_sum, any_rank, barrier, check_replicas, rank_seed, shard
 from .factories import make_collector, make_env, make_loss, make_optimization, make_policy, max_decision_steps, stored_keys, worker_layout, wrap_ddp
 from .faults import EnvFault, EnvSupervisor, NonFiniteGuard, check_finite_parameters
+from .health import HEALTH_COLUMNS, SYSTEM_COLUMNS, HealthMonitor
 from .logging import MetricLogger, PhaseTimer, memory_stats
 from .optim import EarlyStopping, WeightEMA, amp_dtype
 from .plotting import plot_training_curves
@@ -91,6 +92,7 @@ def csv_columns(cfg: RIPTConfig) -> list[str]:
         "time/collect_s", "time/buffer_s", "time/update_s", "time/eval_s", "time/iteration_s", "time/ript_minutes",
         "perf/env_steps_per_s", "mem/rss_gib", "mem/gpu_peak_gib", "mem/gpu_reserved_gib",
         "faults/env_faults", "faults/env_restarts", "faults/groups_discarded", "optim/nonfinite_streak", "sampling/mastered_contexts",
+        *SYSTEM_COLUMNS, *HEALTH_COLUMNS,
     ]  # fmt: skip
 
 
@@ -135,6 +137,7 @@ class Trainer:
         self.logger = MetricLogger(out_dir, csv_enabled=cfg.logging.csv, wandb_mode=cfg.logging.wandb, project=cfg.logging.project,
                                    run_name=cfg.logging.run_name, config=to_dict(cfg), progress=cfg.logging.progress,
                                    is_main=dist.is_main, columns=csv_columns(cfg))
+        self.health = HealthMonitor(cfg.health, out_dir, self.device, self.logger.info, is_main=dist.is_main)
         self.checkpointer = Checkpointer(out_dir, keep_last=cfg.checkpoint.keep_last, is_main=dist.is_main)
         seed_iteration(self.seed, -1)
         self.policy = make_policy(cfg, self.device)
@@ -213,6 +216,7 @@ class Trainer:
                 self.logger.info("note: the checkpoint was written without algo.ema_decay: training continues from its weights")
         self.state = RunState(**extra["run_state"]) if "run_state" in extra else RunState(iteration=saved["iteration"])
         self.state.iteration = saved["iteration"]
+        self.health.load_state_dict(extra.get("health", {}), self.state.iteration)
         note = " (the window of earlier iterations' steps restarts empty)" if self.cfg.algo.buffer_iterations > 1 else ""
         self.logger.info(f"resumed from {path} at iteration {self.state.iteration}{note}")
 
@@ -224,7 +228,7 @@ class Trainer:
         sampler_state = sampler_state if sampler_state is not None else self.sampler.state_dict()
         extra = {"sampler": sampler_state, "sampler_ranks": all_gather_object(self.dist, sampler_state),
                  "early_stopping": self.early.state_dict(), "noise_scale": self.policy.noise_scale,
-                 "run_state": {**asdict(self.state), "iteration": it}}
+                 "run_state": {**asdict(self.state), "iteration": it}, "health": self.health.state_dict()}
         if self.ema is not None:
             extra["learner_weights"] = self.learner.state_dict()
         self.checkpointer.save(it, policy=self.policy, optimizer=self.opt.optimizer, scheduler=self.opt.scheduler, scaler=self.opt.scaler,
@@ -479,10 +483,15 @@ class Trainer:
         metrics.update(memory_stats(self.device))
         metrics.update(self.envs.metrics())
         metrics["sampling/mastered_contexts"] = sum(self.sampler.is_mastered(c) for c in self.sampler.contexts)
+        metrics.update(self.health.observe(it, metrics, self.checkpointer.latest()))
         self.logger.log(it, metrics)
         periodic = it % cfg.checkpoint.every == 0 or last or is_best
         if periodic:
             self.save(it, metrics, is_best)
+        if any_rank(dist, self.health.stop_reason is not None):  # health.action=stop: every rank stops at this iteration
+            if not periodic:
+                self.save(it, metrics)
+            return f"stopped by {self.health.stop_reason or 'a health check on another rank'}; checkpoint saved (health.json has the findings)"
         if self.early.should_stop:
             if not periodic:
                 self.save(it, metrics)
