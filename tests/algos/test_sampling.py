@@ -58,7 +58,7 @@ def test_state_survives_resume():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"strategy": "greedy"}, "uniform' or 'curriculum"), ({"success_rate_target": 1.5}, r"\[0, 1\]")],
+    [({"strategy": "greedy"}, "uniform', 'balanced' or 'curriculum"), ({"success_rate_target": 1.5}, r"\[0, 1\]")],
 )
 def test_bad_settings_are_one_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
