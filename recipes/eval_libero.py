@@ -89,8 +89,8 @@ def evaluate_checkpoint(cfg: RIPTConfig, suites: list[str], tasks: list[int] | N
                 print(f"{suite} task {task}: {sum(e.success for e in episodes)}/{len(episodes)} "
                       f"({time.perf_counter() - start:.0f}s) {instruction}", flush=True)
         finally:
-            collector.shutdown()
-            env.close()
+            collector.shutdown()  # closes the env too
+            env.close(raise_if_closed=False)
     return results
 
 
