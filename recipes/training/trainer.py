@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from tensordict import TensorDictBase
 
 from ript.algos import GroupLOOAdvantage, SpreadKeeper, StepWindow, make_replay_buffer, refill_replay_buffer, relabel_chunks, steps_with_weight, training_mode, update_policy
 from ript.algos.evaluation import eval_schedule, evaluate_contexts, shard_schedule, summarise
-from ript.algos.group_collection import Context, GroupCollector
+from ript.algos.group_collection import Context, Episode, GroupCollector
 from ript.algos.sampling import ContextSampler
 
 from .checkpoint import CheckpointError, Checkpointer, write_json_atomic
@@ -279,20 +280,26 @@ class Trainer:
                 out.set("task_index", torch.tensor([groups[g].task for g in gids], dtype=torch.int64))
                 kept.append(out)
 
+        results: dict[int, list[bool]] = defaultdict(list)  # filled as episodes end: what finished survives a fault
+
+        def record(ep: Episode) -> None:
+            results[ep.group_id].append(ep.success)
+            bar.update(1)
+
         self.advantage.clear()
         try:
             with self.envs.guard(f"iteration {it + 1} rollouts"):
-                results = self.collector.collect(groups, self.cfg.algo.group_size, on_batch=feed, on_episode=lambda _: bar.update(1))
+                self.collector.collect(groups, self.cfg.algo.group_size, on_batch=feed, on_episode=record)
         except EnvFault as fault:
             self.advantage.clear()
-            counts["discarded"] += len(groups)
-            self.logger.info(f"[iter {it + 1}] {fault}; {len(groups)} group(s) discarded, rebuilding the env "
+            lost = sum(len(results[g]) < self.cfg.algo.group_size for g in groups)
+            counts["discarded"] += lost
+            self.logger.info(f"[iter {it + 1}] {fault}; {lost} group(s) discarded, rebuilding the env "
                              f"(restart {self.envs.restarts + 1}/{self.envs.max_restarts})")
             self.envs.restart()  # RunAborted once env.max_restarts is used up
-            results = {}
         for gid, ctx in groups.items():
             outcome = results.get(gid, [])
-            if len(outcome) == self.cfg.algo.group_size:
+            if len(outcome) == self.cfg.algo.group_size:  # incomplete groups are never recorded nor trained on
                 self.sampler.record(tuple(ctx), outcome)
                 per_task[ctx.task] += outcome
         counts["draws"] += len(contexts)
@@ -332,9 +339,11 @@ class Trainer:
         if self.demos is not None:
             demos = self.demos.draw(it)
             n_demo = demos.shape[0]
-            data = demos.select(*stored_keys(self.policy, demos)) if data is None else \
-                torch.cat([data.select(*(k for k in data.keys(True, True) if k in demos.keys(True, True))),
-                           demos.select(*(k for k in data.keys(True, True) if k in demos.keys(True, True)))], 0)
+            if data is None:
+                data = demos.select(*stored_keys(self.policy, demos))
+            else:  # the entries both carry (task_index is the own steps' alone: the update never reads it)
+                shared = [k for k in data.keys(True, True) if k in demos.keys(True, True)]
+                data = torch.cat([data.select(*shared), demos.select(*shared)], 0)
         n_steps = refill_replay_buffer(self.buffer, data)
         # one collective for all: update if ANY rank has data (DDP: all or none), and log the run's counts
         total = [int(v) for v in all_reduce_sum(self.dist, [n_steps, upsampled, n_demo])]
