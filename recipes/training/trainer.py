@@ -462,9 +462,26 @@ class Trainer:
                 stopped = self.finish_iteration(it + 1, metrics, preemption) or stopped
                 if stopped != "completed":
                     break
-        if stopped == "completed" and self.out_of_time() and self.state.iteration < cfg.train.iterations:
-            stopped = f"time budget: train.max_minutes={cfg.train.max_minutes} reached after {self.state.ript_seconds / 60:.1f} minutes"
+        if stopped == "completed":
+            if self.out_of_time() and self.state.iteration < cfg.train.iterations:
+                stopped = f"time budget: train.max_minutes={cfg.train.max_minutes} reached after {self.state.ript_seconds / 60:.1f} minutes"
+            metrics = {**metrics, **(self.end_evaluation() or {})}
         return self.summary(stopped, metrics)
+
+    def end_evaluation(self) -> dict[str, Any] | None:
+        """Evaluate the final iteration if its evaluation is missing (a worker fault, or a run stopped before it); resume-safe."""
+        it, done = self.state.iteration, [e["iteration"] for e in self.state.evaluations]
+        if it == 0 or (done and done[-1] == it):
+            return None
+        self.logger.info(f"[iter {it}] the final held-out evaluation is missing: evaluating iteration {it}")
+        with self.timer("eval"):
+            metrics = self.evaluate(it, record_video=False)
+        if metrics["eval/success_rate"] != metrics["eval/success_rate"]:  # NaN: it failed again; the run ends without it
+            return None
+        is_best = self.early.update(metrics["eval/success_rate"])
+        self.logger.log(it, metrics)
+        self.save(it, metrics, is_best)
+        return metrics
 
     def start_evaluation(self) -> None:
         """The held-out evaluation before any update, logged at iteration 0 and checkpointed (a resume keeps it)."""

@@ -74,3 +74,29 @@ def test_toy_learning_check_through_the_trainer(tmp_path: Path) -> None:
     start, end = summary["evaluation_history"][0]["success_rate"], summary["evaluation_history"][-1]["success_rate"]
     assert 0.05 <= start <= 0.4, f"warm start out of range: {start}"
     assert end >= 2 * start and end >= start + 0.30, f"no real improvement: {start:.3f} -> {end:.3f}"
+
+
+def test_a_missing_final_evaluation_is_retried_and_resume_completes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker fault during the last evaluation: the trainer retries it once; if that fails too, a resume runs it alone."""
+    from ript.recipes.training.trainer import Trainer
+
+    real, failures = Trainer.evaluate, {"left": 2}
+
+    def flaky(self: Trainer, it: int, record_video: bool) -> dict[str, float]:
+        if it == 1 and failures["left"] > 0:  # as after an EnvFault: nothing recorded, NaN returned
+            failures["left"] -= 1
+            return {"eval/success_rate": float("nan")}
+        return real(self, it, record_video)
+
+    monkeypatch.setattr(Trainer, "evaluate", flaky)
+    out = tmp_path / "run"
+    common = [*TOY, f"logging.output_dir={out}", "eval.at_start=true", "train.iterations=5", "train.max_minutes=1e-6"]
+    first = ript_cfg.main(common)  # the iteration's evaluation and the retry both fail
+    assert first["iterations"] == 1 and failures["left"] == 0
+    assert [e["iteration"] for e in json.loads((out / "evaluations.json").read_text())["evaluations"]] == [0]
+    second = ript_cfg.main([*common, "checkpoint.resume=auto"])  # out of budget: no training, only the missing evaluation
+    assert second["iterations"] == 1 and second["ript_minutes"] == first["ript_minutes"]
+    assert [e["iteration"] for e in second["evaluation_history"]] == [0, 1]
+    failures["left"] = 1
+    third = ript_cfg.main([*common[:-2], f"logging.output_dir={tmp_path / 'retry'}", "train.iterations=1"])
+    assert failures["left"] == 0 and [e["iteration"] for e in third["evaluation_history"]] == [0, 1]  # retried in the same run
