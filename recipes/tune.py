@@ -18,6 +18,7 @@ optimisation-history and parameter-importance plots.
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -79,7 +80,9 @@ def open_study(space: SearchSpace, storage_url: str) -> optuna.Study:
 
 def wanted(study: optuna.Study, n_trials: int) -> int:
     """Trials still to start: n_trials minus the finished and running ones (dead workers' trials are failed first)."""
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     return n_trials - len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
 
 
@@ -160,8 +163,6 @@ def print_table(study: optuna.Study) -> None:
 
 def save_plots(study: optuna.Study, study_dir: Path, n_complete: int) -> list[Path]:
     """optimisation_history.png and param_importances.png (matplotlib; importance skipped below two completed trials)."""
-    import warnings
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,6 +172,7 @@ def save_plots(study: optuna.Study, study_dir: Path, n_complete: int) -> list[Pa
     saved = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)  # "some regimes have less than 2 trials": expected in small studies
         plots = [("optimisation_history.png", lambda: ovm.plot_optimization_history(study))]
         if n_complete >= 2:  # PED-ANOVA: no scikit-learn needed
             plots.append(("param_importances.png", lambda: ovm.plot_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())))

@@ -154,6 +154,7 @@ def load_space(name_or_path: str) -> SearchSpace:
     _check_study(space)
     for key, spec in params_raw.items():
         space.params.append(_parse_param(space, str(key), spec))
+    space.params = _order_conditions(space)
     _check_enqueue(space)
     return space
 
@@ -221,16 +222,27 @@ def _parse_param(space: SearchSpace, key: str, spec: Any) -> Param:
     when = spec.get("when") or {}
     if not isinstance(when, dict):
         raise ConfigError(f"{where}: when must map a categorical parameter to its value(s), e.g. when: {{algo.mode: cfg}}")
-    earlier = {p.key: p for p in space.params}
-    for parent, values in when.items():
-        values = values if isinstance(values, list) else [values]
-        if parent not in earlier or earlier[parent].kind != "categorical":
-            raise ConfigError(f"{where}: when names {parent!r}, not a categorical parameter listed before it: list that parameter first")
-        bad = [v for v in values if v not in earlier[parent].choices]
-        if bad:
-            raise ConfigError(f"{where}: when {parent} in {bad}, but {parent} takes {earlier[parent].choices}: fix the condition")
-        param.when[parent] = values
+    param.when = {str(parent): values if isinstance(values, list) else [values] for parent, values in when.items()}
     return param
+
+
+def _order_conditions(space: SearchSpace) -> list[Param]:
+    """Check every `when` names a categorical parameter and one of its values; parents first, so sampling sees them."""
+    by_key = {p.key: p for p in space.params}
+    for p in space.params:
+        for parent, values in p.when.items():
+            if parent not in by_key or by_key[parent].kind != "categorical":
+                raise ConfigError(f"{space.source}: params.{p.key}: when names {parent!r}, not a categorical parameter of the space: add it to params")
+            bad = [v for v in values if v not in by_key[parent].choices]
+            if bad:
+                raise ConfigError(f"{space.source}: params.{p.key}: when {parent} in {bad}, but {parent} takes {by_key[parent].choices}: fix the condition")
+    ordered: list[Param] = []
+    while len(ordered) < len(space.params):
+        ready = [p for p in space.params if p not in ordered and all(by_key[q] in ordered for q in p.when)]
+        if not ready:
+            raise ConfigError(f"{space.source}: params: the when conditions of {[p.key for p in space.params if p not in ordered]} form a loop: break it")
+        ordered += ready
+    return ordered
 
 
 def _check_enqueue(space: SearchSpace) -> None:

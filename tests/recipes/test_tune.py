@@ -26,9 +26,6 @@ sys.path.insert(0, str(ROOT / "recipes"))
 import ript_cfg  # noqa: E402
 import tune  # noqa: E402
 
-EVAL_STATES = list(range(1000, 1032))
-# toy_learning cut down: 3 iterations, 32 held-out episodes after each (the pruner needs intermediate values)
-LEARNING = {"train.iterations": 3, "eval.every": 1, "eval.episodes": 32, "eval.init_states": EVAL_STATES, "env.toy_bc_steps": 150}
 # the cheapest toy run that still evaluates: for the storage and resume tests, where learning does not matter
 TINY = {"train.iterations": 1, "eval.every": 1, "eval.episodes": 4, "logging.progress": False, "logging.video_every": 0}
 
@@ -43,16 +40,9 @@ def load(study_dir: Path, name: str) -> optuna.Study:
 
 
 def test_study_beats_a_bad_start_prunes_and_saves_a_runnable_best(tmp_path: Path) -> None:
-    space = write_space(
-        tmp_path / "learn.yaml",
-        {"base": "toy_learning", "n_trials": 8, "sampler_seed": 0, "pruner": {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 1}},
-        LEARNING,
-        {"optim.lr": {"log_uniform": [1e-6, 1e-2]}, "algo.mode": {"categorical": ["weighted", "cfg"]},
-         "algo.guidance": {"uniform": [1.0, 3.0], "when": {"algo.mode": "cfg"}}},
-        enqueue=[{"optim.lr": 1e-6, "algo.mode": "weighted"}],
-    )
+    """configs/tune_toy_quick.yaml: 8 trials of toy_learning cut to 3 iterations, 32 held-out episodes after each."""
     study_dir = tmp_path / "study"
-    study = tune.main(tune.TuneArgs(space=str(space), study_dir=str(study_dir)))
+    study = tune.main(tune.TuneArgs(space="tune_toy_quick", study_dir=str(study_dir)))
     trials = study.get_trials(deepcopy=False)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 8 and not [t for t in trials if t.state == TrialState.FAIL]
@@ -130,7 +120,7 @@ GOOD = {"optim.lr": {"log_uniform": [1e-5, 1e-2]}}
         ({"optim.epochs": {"categorical": ["two", "four"]}}, {}, "optim.epochs"),
         ({"optim.epochs": {"uniform": [1.0, 4.0]}}, {}, "could not be converted to Integer"),
         ({"optim.lr": {"normal": [0.0, 1.0]}}, {}, "unknown distribution"),
-        ({"algo.guidance": {"uniform": [1.0, 3.0], "when": {"algo.mode": "cfg"}}}, {}, "not a categorical parameter listed before it"),
+        ({"algo.guidance": {"uniform": [1.0, 3.0], "when": {"algo.mode": "cfg"}}}, {}, "not a categorical parameter of the space"),
         (GOOD, {"optim.lrx": 1}, "unknown key 'optim.lrx'"),
     ],
 )
