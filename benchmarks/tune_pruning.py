@@ -51,6 +51,7 @@ def timed_study(space: SearchSpace, study_dir: Path, storage: str) -> tuple[optu
 
 def main(bench: PruningBench) -> dict[str, Any]:
     out = Path(bench.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     space = load_space(bench.space)
     if bench.n_trials is not None:
         space = replace_settings(space, n_trials=bench.n_trials)

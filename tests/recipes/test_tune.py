@@ -40,7 +40,7 @@ def load(study_dir: Path, name: str) -> optuna.Study:
 
 
 def test_study_beats_a_bad_start_prunes_and_saves_a_runnable_best(tmp_path: Path) -> None:
-    """configs/tune_toy_quick.yaml: 8 trials of toy_learning cut to 3 iterations, 32 held-out episodes after each."""
+    """configs/tune_toy_quick.yaml: 8 trials of the smoke toy for 3 iterations, 16 held-out episodes at the start and after each."""
     study_dir = tmp_path / "study"
     study = tune.main(tune.TuneArgs(space="tune_toy_quick", study_dir=str(study_dir)))
     trials = study.get_trials(deepcopy=False)
