@@ -5,7 +5,7 @@ trials enqueued in order) with no pruner. Both go through recipes/tune.py and th
 the driver prints wall and CPU seconds of each and the ratio A/B, and whether both find the
 same best point.
 
-    python benchmarks/tune_pruning.py                          # tests' reduced toy space, 8 trials
+    python benchmarks/tune_pruning.py                          # configs/tune_toy_quick.yaml, 8 trials
     python benchmarks/tune_pruning.py space=tune_toy n_trials=16
 """
 
@@ -29,7 +29,7 @@ from ript.recipes.training.tuning import PrunerSettings, SearchSpace, load_space
 
 import tune  # noqa: E402  (recipes/tune.py)
 
-REDUCED = "tune_toy_quick"  # configs/tune_toy_quick.yaml: the tests' reduced toy space
+REDUCED = "tune_toy_quick"  # configs/tune_toy_quick.yaml: the cheapest toy study
 
 
 @dataclass
