@@ -249,8 +249,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 
 
 def available_configs(config_dir: Path = CONFIG_DIR) -> list[str]:
-    """Names accepted by --config-name."""
-    return sorted(p.stem for p in config_dir.glob("*.yaml"))
+    """Names accepted by --config-name (tune_*.yaml are study spaces for recipes/tune.py, not recipe configs)."""
+    return sorted(p.stem for p in config_dir.glob("*.yaml") if not p.stem.startswith("tune_"))
 
 
 def _load_yaml_chain(name: str, config_dir: Path, seen: tuple[str, ...] = ()) -> DictConfig:
