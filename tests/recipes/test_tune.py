@@ -47,6 +47,8 @@ LEARNING = {"train.iterations": 3, "eval.every": 1, "eval.episodes": 32, "eval.i
             "policy.num_inference_steps": 5}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # 8 short toy_learning runs: minutes on 2 free cores, far more on a loaded box
 def test_study_beats_a_bad_start_prunes_and_saves_a_runnable_best(tmp_path: Path) -> None:
     space = write_space(
         tmp_path / "learn.yaml",
