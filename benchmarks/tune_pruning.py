@@ -38,7 +38,7 @@ class PruningBench:
 
     space: str = REDUCED  # a study YAML path or a name in configs/
     n_trials: Optional[int] = None  # override the space's study.n_trials
-    out: str = "benchmarks/out/tune_pruning"
+    out: str = "runs/tune_pruning"
 
 
 def timed_study(space: SearchSpace, study_dir: Path, storage: str) -> tuple[optuna.Study, float, float]:
