@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 if __package__ in (None, ""):  # run as a script: make `ript` importable from a plain checkout too
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,8 +32,11 @@ from ript.recipes.training.preflight import PreflightError, run_preflight
 from ript.recipes.training.trainer import Trainer, resolve_output_dir
 
 
-def train(cfg: RIPTConfig) -> dict[str, Any]:
-    """Run RIPT-CFG as configured; returns the final metrics and where the outputs are."""
+def train(cfg: RIPTConfig, on_evaluation: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run RIPT-CFG as configured; returns the final metrics and where the outputs are.
+
+    `on_evaluation(iteration, metrics)` runs after every held-out evaluation (recipes/tune.py reports to Optuna there).
+    """
     out_dir = resolve_output_dir(cfg)  # before any work: never touch another run's outputs
     try:
         resume_from = resolve_resume(cfg.checkpoint.resume, out_dir)
@@ -46,7 +49,7 @@ def train(cfg: RIPTConfig) -> dict[str, Any]:
     backend = None if cfg.distributed.backend == "auto" else cfg.distributed.backend
     with distributed_session(cfg.train.device, backend, cfg.distributed.timeout_s) as dist:
         try:
-            return run_trainer(cfg, out_dir, dist, resume_from)
+            return run_trainer(cfg, out_dir, dist, resume_from, on_evaluation)
         except Exception as err:
             if dist.enabled:  # one line per rank saying who failed, then the traceback; the group is destroyed on the way out
                 first = str(err).splitlines()[0] if str(err) else ""
@@ -55,9 +58,11 @@ def train(cfg: RIPTConfig) -> dict[str, Any]:
             raise
 
 
-def run_trainer(cfg: RIPTConfig, out_dir: Path, dist: DistInfo, resume_from: Path | None) -> dict[str, Any]:
+def run_trainer(cfg: RIPTConfig, out_dir: Path, dist: DistInfo, resume_from: Path | None,
+                on_evaluation: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Build the trainer, resume it if asked, run it; the env workers stop whatever happens."""
     trainer = Trainer(cfg, out_dir, dist)
+    trainer.on_evaluation = on_evaluation
     try:
         if resume_from is not None:
             trainer.resume(resume_from)

@@ -3,7 +3,7 @@
 Plain OmegaConf structured configs (no Hydra runtime), so `python recipes/ript_cfg.py`
 and `torchrun ... recipes/ript_cfg.py` parse arguments the same way:
 
-    python recipes/ript_cfg.py [--config-name NAME] [key.sub=value ...]
+    python recipes/ript_cfg.py [--config-path DIR] [--config-name NAME] [key.sub=value ...]
 
 A YAML file in configs/ may name a parent with `defaults: [parent]` (or
 `base: parent`); the child's keys override the parent's. Everything is validated
@@ -249,13 +249,16 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 
 
 def available_configs(config_dir: Path = CONFIG_DIR) -> list[str]:
-    """Names accepted by --config-name."""
-    return sorted(p.stem for p in config_dir.glob("*.yaml"))
+    """Names accepted by --config-name (tune_*.yaml are study spaces for recipes/tune.py, not recipe configs)."""
+    return sorted(p.stem for p in config_dir.glob("*.yaml") if not p.stem.startswith("tune_"))
 
 
 def _load_yaml_chain(name: str, config_dir: Path, seen: tuple[str, ...] = ()) -> DictConfig:
-    """Load configs/<name>.yaml merged over its parents (`defaults: [...]` or `base: ...`)."""
-    path = config_dir / f"{name}.yaml"
+    """Load <config_dir>/<name>.yaml (else configs/<name>.yaml) merged over its parents (`defaults: [...]` or `base: ...`).
+
+    Falling back to configs/ lets a YAML saved elsewhere (a tuning study's best.yaml) name a shipped parent.
+    """
+    path = next((d / f"{name}.yaml" for d in dict.fromkeys((config_dir, CONFIG_DIR)) if (d / f"{name}.yaml").is_file()), config_dir / f"{name}.yaml")
     if not path.is_file():
         raise ConfigError(f"unknown config '{name}': pick --config-name from {available_configs(config_dir)}")
     if name in seen:
@@ -503,28 +506,36 @@ def to_dict(cfg: RIPTConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def parse_args(argv: list[str]) -> tuple[str, list[str]]:
-    """Split `[--config-name NAME] [key=value ...]` (also `--config-name=NAME`, `-cn NAME`)."""
-    name, overrides, i = DEFAULT_CONFIG_NAME, [], 0
+def parse_args(argv: list[str]) -> tuple[str, list[str], Optional[str]]:
+    """Split `[--config-path DIR] [--config-name NAME] [key=value ...]` (also `--flag=value`, `-cn NAME`, `-cp DIR`).
+
+    --config-path: the directory to read NAME.yaml from (e.g. a tuning study's best.yaml); parents
+    named by `defaults:` are looked up there first, then in configs/. None means configs/.
+    """
+    name, overrides, path, i = DEFAULT_CONFIG_NAME, [], None, 0
+    flags = {"--config-name": "name", "-cn": "name", "--config-path": "path", "-cp": "path"}
     while i < len(argv):
         arg = argv[i]
-        if arg in ("--config-name", "-cn"):
-            if i + 1 >= len(argv):
-                raise ConfigError("--config-name needs a value: e.g. --config-name quick_test")
-            name, i = argv[i + 1], i + 2
+        flag, eq, inline = arg.partition("=")
+        if flag in flags and (eq or i + 1 < len(argv)):
+            value = inline if eq else argv[i + 1]
+            i += 1 if eq else 2
+            if flags[flag] == "name":
+                name = value
+            else:
+                path = value
             continue
-        if arg.startswith("--config-name="):
-            name = arg.split("=", 1)[1]
-        elif arg in ("-h", "--help"):
+        if arg in flags:
+            raise ConfigError(f"{arg} needs a value: e.g. {arg} {'quick_test' if flags[arg] == 'name' else 'runs/tune/toy'}")
+        if arg in ("-h", "--help"):
             raise ConfigError(
-                f"usage: [--config-name NAME] [key.sub=value ...]; configs: {available_configs()}; schema: recipes/training/config.py"
+                f"usage: [--config-path DIR] [--config-name NAME] [key.sub=value ...]; configs: {available_configs()}; schema: recipes/training/config.py"
             )
-        elif arg.startswith("-"):
-            raise ConfigError(f"unknown flag '{arg}': only --config-name NAME and key=value overrides are accepted")
-        else:
-            overrides.append(arg)
+        if arg.startswith("-"):
+            raise ConfigError(f"unknown flag '{arg}': only --config-name NAME, --config-path DIR and key=value overrides are accepted")
+        overrides.append(arg)
         i += 1
-    return name, overrides
+    return name, overrides, path
 
 
 T = TypeVar("T")
@@ -535,8 +546,8 @@ def main_config(argv: list[str] | None = None, config_dir: Path | str = CONFIG_D
     argv = sys.argv[1:] if argv is None else argv
     debug = any(a.strip().lower() in ("debug=true", "debug=1") for a in argv)
     try:
-        name, overrides = parse_args(argv)
-        return load_config(name, overrides, config_dir)
+        name, overrides, path = parse_args(argv)
+        return load_config(name, overrides, config_dir if path is None else path)
     except ConfigError as e:
         if debug:
             raise

@@ -32,7 +32,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -152,6 +152,9 @@ class Trainer:
         self._build_data()
         self.timer = PhaseTimer()
         self.videos: list[Path] = []
+        # called as on_evaluation(iteration, metrics) after each logged evaluation (a tuning trial reports to its
+        # pruner); an exception it raises (optuna.TrialPruned) ends the run, the caller's close() stops the workers
+        self.on_evaluation: Callable[[int, dict[str, Any]], None] | None = None
 
     def _build_env(self, attempt: int) -> tuple[Any, Any]:
         """The env workers and their collector; attempt k > 0 is a rebuild after a worker fault (seeds offset)."""
@@ -481,6 +484,8 @@ class Trainer:
         is_best = self.early.update(metrics["eval/success_rate"])
         self.logger.log(it, metrics)
         self.save(it, metrics, is_best)
+        if self.on_evaluation is not None:
+            self.on_evaluation(it, metrics)
         return metrics
 
     def start_evaluation(self) -> None:
@@ -490,14 +495,17 @@ class Trainer:
         is_best = self.early.update(metrics["eval/success_rate"])
         self.logger.log(0, metrics)
         self.save(0, metrics, is_best)
+        if self.on_evaluation is not None:
+            self.on_evaluation(0, metrics)
 
     def finish_iteration(self, it: int, metrics: dict[str, Any], preemption: PreemptionHandler) -> str | None:
         """Evaluate, log and checkpoint after iteration `it`; a reason to stop, or None to go on."""
         cfg, dist = self.cfg, self.dist
         last = it == cfg.train.iterations or self.out_of_time()
         preempted = any_rank(dist, preemption.requested)  # skip evaluation: the grace period is short
-        is_best = False
+        is_best = evaluated = False
         if (it % cfg.eval.every == 0 or last) and not preempted:
+            evaluated = True
             record = cfg.logging.video_every > 0 and it % cfg.logging.video_every == 0 and dist.is_main
             with self.timer("eval"):
                 metrics.update(self.evaluate(it, record))
@@ -514,6 +522,8 @@ class Trainer:
         periodic = it % cfg.checkpoint.every == 0 or last or is_best
         if periodic:
             self.save(it, metrics, is_best)
+        if evaluated and self.on_evaluation is not None:
+            self.on_evaluation(it, metrics)
         if any_rank(dist, self.health.stop_reason is not None):  # health.action=stop: every rank stops at this iteration
             if not periodic:
                 self.save(it, metrics)

@@ -120,10 +120,23 @@ def test_unknown_config_name_lists_choices() -> None:
 
 
 def test_parse_args_forms() -> None:
-    assert parse_args(["--config-name", "toy", "a.b=1"]) == ("toy", ["a.b=1"])
-    assert parse_args(["--config-name=toy"]) == ("toy", [])
-    with pytest.raises(ConfigError):
-        parse_args(["--lr", "3"])
+    assert parse_args(["--config-name", "toy", "a.b=1"]) == ("toy", ["a.b=1"], None)
+    assert parse_args(["--config-name=toy", "--config-path=/x"]) == ("toy", [], "/x")
+    assert parse_args(["-cp", "/y", "-cn", "toy"]) == ("toy", [], "/y")
+    for bad in (["--lr", "3"], ["--config-path"]):
+        with pytest.raises(ConfigError):
+            parse_args(bad)
+
+
+def test_config_path_reads_a_yaml_elsewhere_with_a_shipped_parent(tmp_path: Path) -> None:
+    """A YAML outside configs/ (a tuning study's best.yaml) runs as it is; its `defaults:` parent comes from configs/."""
+    (tmp_path / "best.yaml").write_text("defaults: [toy]\noptim:\n  lr: 0.000123\nalgo:\n  mode: cfg\n")
+    cfg = main_config(["--config-path", str(tmp_path), "--config-name", "best", "train.iterations=3"])
+    assert (cfg.optim.lr, cfg.algo.mode, cfg.train.iterations) == (0.000123, "cfg", 3)
+    assert cfg.env.kind == "toy" and cfg.policy.kind == "mlp"  # from configs/toy.yaml
+    with pytest.raises(SystemExit) as info:  # a name in neither directory: one line, exit 2
+        main_config(["--config-path", str(tmp_path), "--config-name", "nope"])
+    assert info.value.code == 2
 
 
 def test_main_config_exits_2_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
