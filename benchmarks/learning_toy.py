@@ -5,7 +5,7 @@ Each run is `python recipes/ript_cfg.py --config-name toy_learning algo.mode=M t
 its own rollouts of torchrl's ToyVLAEnv. Start and end are the trainer's held-out
 evaluations (256 episodes). A run passes when end >= 2 x start and end >= start + 0.30.
 
-    python benchmarks/learning_toy.py                                  # 3 seeds x 2 modes
+    python benchmarks/learning_toy.py save_results=true                # 3 seeds x 2 modes
     python benchmarks/learning_toy.py seeds=[0] modes=[cfg] recipe=[optim.lr=3e-4]
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,8 @@ from ript.recipes.training.cli import run_cli
 from ript.recipes.training.config import load_config
 from ript.recipes.ript_cfg import train
 
+RESULTS = Path(__file__).resolve().parent / "results"
+
 
 @dataclass
 class ToyCheck:
@@ -34,7 +37,8 @@ class ToyCheck:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     modes: list[str] = field(default_factory=lambda: ["weighted", "cfg"])
     recipe: list[str] = field(default_factory=list)  # extra recipe overrides for every run, e.g. [optim.lr=3e-4]
-    out: str = "benchmarks/out/learning_toy"  # one run directory per (mode, seed) below it, results.json and a plot
+    out: str = "runs/learning_toy"  # one run directory per (mode, seed) below it, learning_toy.json and a plot
+    save_results: bool = False  # copy the json and the plot into benchmarks/results/
 
 
 def run(mode: str, seed: int, out: Path, recipe: list[str]) -> dict[str, Any]:
@@ -56,7 +60,7 @@ def passes(result: dict[str, Any]) -> bool:
 
 
 def main(check: ToyCheck) -> list[dict[str, Any]]:
-    """Every (mode, seed) run, a table, results.json and a plot of the rollout success curves."""
+    """Every (mode, seed) run, a table, learning_toy.json and a plot of the rollout success curves."""
     out = Path(check.out)
     results = [run(mode, seed, out, list(check.recipe)) for mode in check.modes for seed in check.seeds]
     print("\nmode      seed  start  end    cpu_s  wall_s  pass")
@@ -64,7 +68,7 @@ def main(check: ToyCheck) -> list[dict[str, Any]]:
         print(f"{r['mode']:9s} {r['seed']:4d}  {r['start_eval']:.3f}  {r['end_eval']:.3f}  {r['cpu_s']:5.0f}  {r['wall_s']:6.0f}  {passes(r)}")
     print(f"all pass: {all(passes(r) for r in results)}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"check": asdict(check), "results": results}, indent=1))
+    (out / "learning_toy.json").write_text(json.dumps({"check": asdict(check), "results": results}, indent=1))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,7 +82,9 @@ def main(check: ToyCheck) -> list[dict[str, Any]]:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "learning_toy.png", dpi=100)
-    print(f"results: {out / 'results.json'}, plot: {out / 'learning_toy.png'}")
+    print(f"results: {out / 'learning_toy.json'}, plot: {out / 'learning_toy.png'}")
+    for name in ("learning_toy.json", "learning_toy.png") if check.save_results else ():
+        shutil.copy2(out / name, RESULTS / name)
     return results
 
 
