@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,8 @@ class PI0Actor(FlowMatchingPolicy):
 
         self.supports_cfg = bool(supports_cfg)
         self.default_guidance = default_guidance
+        # acting time split into lerobot's input preparation and the sampling loop (a collection profile reads it)
+        self.phase_seconds = {"preprocess": 0.0, "denoise": 0.0}
         self._labels: torch.Tensor | None = None
         if self.supports_cfg:
             width = policy.model.action_time_mlp_out.out_features
@@ -532,7 +535,10 @@ class PI0Actor(FlowMatchingPolicy):
         flat = self._flat(td)
         n = flat.shape[0]
         model = self.policy.model
+        start = time.perf_counter()
         images, img_masks, tokens, masks, state = self._model_inputs(self.lerobot_batch(flat))
+        prepared = time.perf_counter()
+        self.phase_seconds["preprocess"] += prepared - start
         if noise is not None:
             noise = noise.to(self.device, torch.float32).reshape(n, self.chunk_size, self.action_dim)
         guidance = self.default_guidance if guidance is None else guidance
@@ -543,6 +549,7 @@ class PI0Actor(FlowMatchingPolicy):
             chunk = model.sample_actions(images, img_masks, tokens, masks, state, noise=noise, num_steps=num_steps)
         else:
             chunk = self._sample_guided(images, img_masks, tokens, masks, state, noise, float(guidance), num_steps)
+        self.phase_seconds["denoise"] += time.perf_counter() - prepared
         return chunk.reshape(*batch_shape, self.chunk_size, self.action_dim)
 
     def draw_noise(self, batch: int) -> torch.Tensor:

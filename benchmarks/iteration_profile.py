@@ -45,7 +45,7 @@ def profile(cfg: ProfileConfig) -> None:
     for phase in ("collect", "buffer", "update", "eval"):
         t = m.get(f"time/{phase}_s", 0.0)
         print(f"  {phase:8s} {t:8.2f} s  {100 * t / total:5.1f} %")
-    print(f"  {'total':8s} {total:8.2f} s;  env decision steps/s while collecting: {m['perf/env_steps_per_s']:.2f};  RSS {m['mem/rss_gib']:.2f} GiB")
+    print(f"  {'total':8s} {total:8.2f} s;  simulator steps/s while collecting: {m['perf/sim_steps_per_s']:.1f};  RSS {m['mem/rss_gib']:.2f} GiB")
 
 
 

@@ -110,7 +110,7 @@ def soak(args: SoakConfig) -> int:
         warm_rows = [r for r in rows if r.get("mem/rss_gib")][len(rows) // 5 :]
         xs = [float(r["iteration"]) for r in warm_rows]
         ys = [float(r["mem/rss_gib"]) for r in warm_rows]
-        sps = [float(r["perf/env_steps_per_s"]) for r in warm_rows if r.get("perf/env_steps_per_s")]
+        sps = [float(r["perf/sim_steps_per_s"]) for r in warm_rows if r.get("perf/sim_steps_per_s")]
         faults = sum(int(float(r.get("faults/env_faults") or 0)) for r in rows)
         print(f"  CSV trainer RSS trend after warm-up: {slope_per_100(xs, ys) * 1024:+.2f} MiB per 100 iterations; "
               f"env steps/s median {sorted(sps)[len(sps) // 2] if sps else float('nan'):.1f}; env faults {faults}")

@@ -35,6 +35,7 @@ import functools
 import gc
 import io
 import os
+import time
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -201,6 +202,10 @@ class LiberoSimulator:
         self.render_gpu_device_id = int(render_gpu_device_id)
         self._lazy = bool(lazy_render)
         self.elapsed = 0
+        # where this simulator's time goes (read by LiberoEnv.collection_seconds): stepping and resetting
+        # (physics and renders), renders alone, and simulator steps run (settle steps included)
+        self.seconds = {"step": 0.0, "reset": 0.0, "render": 0.0}
+        self.sim_steps = 0
         self._env = None
         self._build()
 
@@ -334,8 +339,12 @@ class LiberoSimulator:
             render = ctx.render
 
             def guarded_render(*args, **kwargs):
+                start = time.perf_counter()
                 ctx.gl_ctx.make_current()
-                return render(*args, **kwargs)
+                try:
+                    return render(*args, **kwargs)
+                finally:
+                    self.seconds["render"] += time.perf_counter() - start
 
             ctx.render = guarded_render
             ctx._ript_guarded = True
@@ -367,12 +376,16 @@ class LiberoSimulator:
                 f"init_state_id {init_state_id} out of range for task {self.task_id} of {self.suite_name}: "
                 f"use 0..{self.n_init_states - 1}"
             )
+        start = time.perf_counter()
         self._make_current()
-        if hard:  # LIBERO's default: rebuild model, sim and renderer (seconds), then place as a soft reset does
-            with self._scene_rng(None):
-                self._rebuild()
-        with self._scene_rng(int(init_state_id)):
-            return self._restore(int(init_state_id))
+        try:
+            if hard:  # LIBERO's default: rebuild model, sim and renderer (seconds), then place as a soft reset does
+                with self._scene_rng(None):
+                    self._rebuild()
+            with self._scene_rng(int(init_state_id)):
+                return self._restore(int(init_state_id))
+        finally:
+            self.seconds["reset"] += time.perf_counter() - start
 
     def _rebuild(self) -> None:
         env = self._env
@@ -406,6 +419,7 @@ class LiberoSimulator:
                 obs = env.env._get_observations(force_update=True)
             self._set_cameras(False)
         self.elapsed = 0
+        self.sim_steps += self.settle_steps
         return self._read(obs)
 
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], bool, int, bool]:
@@ -418,6 +432,7 @@ class LiberoSimulator:
         if self.elapsed >= self.max_steps:
             raise RuntimeError(f"episode over after {self.elapsed} steps (max_steps={self.max_steps}): call reset()")
         env = self._env
+        start = time.perf_counter()
         self._make_current()
         n_exec = min(len(actions), self.max_steps - self.elapsed)
         success, obs, executed = False, None, 0
@@ -436,6 +451,8 @@ class LiberoSimulator:
         if self._lazy:
             self._set_cameras(False)
         self.elapsed += executed
+        self.sim_steps += executed
+        self.seconds["step"] += time.perf_counter() - start
         truncated = (not success) and self.elapsed >= self.max_steps
         return self._read(obs), success, executed, truncated
 
@@ -557,6 +574,7 @@ class LiberoEnv(EnvBase):
         self._rng = np.random.default_rng(seed)
         self._episodes = 0  # episodes started by mode-driven resets (drives cycling and groups)
         self._resets = 0  # every reset (drives hard_reset_every)
+        self._busy_s = 0.0  # seconds inside _step and _reset (collection_seconds)
         self._current: dict[str, int] = {}
         self._group_state: int | None = None
         self._make_specs()
@@ -640,6 +658,17 @@ class LiberoEnv(EnvBase):
             self.sim.fixture_placement = check_fixture_placement(mode)
         return previous
 
+    def collection_seconds(self, clear: bool = True) -> dict[str, float]:
+        """This worker's time since the last clear: physics, rendering, the rest of its steps and resets
+        (actions in, observations out), and simulator steps run. Through a ParallelEnv: one dict per worker."""
+        sim = self.sim.seconds
+        out = {"physics": sim["step"] + sim["reset"] - sim["render"], "render": sim["render"],
+               "worker_other": max(self._busy_s - sim["step"] - sim["reset"], 0.0), "sim_steps": float(self.sim.sim_steps)}
+        if clear:
+            self.sim.seconds = dict.fromkeys(sim, 0.0)
+            self.sim.sim_steps, self._busy_s = 0, 0.0
+        return out
+
     def pending_contexts(self) -> int:
         """How many queued contexts are not consumed yet."""
         return len(self._contexts)
@@ -694,6 +723,7 @@ class LiberoEnv(EnvBase):
         return td
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
+        start = time.perf_counter()
         self._current = self._next_context()
         self._resets += 1
         hard = self.reset_mode == "hard" or (
@@ -702,9 +732,11 @@ class LiberoEnv(EnvBase):
         obs = self.sim.reset(self._current[keys.INIT_STATE_ID], hard=hard)
         td = self._obs_td(obs, False, 0)
         td.update(self.full_done_spec.zero())
+        self._busy_s += time.perf_counter() - start
         return td
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        start = time.perf_counter()
         action = tensordict.get("action").detach().to("cpu", torch.float64).numpy()
         actions = _validate_actions(action, self._action_shape)
         obs, success, executed, truncated = self.sim.step(actions)
@@ -713,6 +745,7 @@ class LiberoEnv(EnvBase):
         td.set("terminated", torch.tensor([success]))
         td.set("truncated", torch.tensor([truncated]))
         td.set("done", torch.tensor([success or truncated]))
+        self._busy_s += time.perf_counter() - start
         return td
 
     def close(self, *, raise_if_closed: bool = True) -> None:

@@ -188,8 +188,8 @@ class HealthConfig:
 
     every: int = 1  # run the checks every N iterations (system metrics are logged every iteration)
     action: str = "warn"  # warn: console line + health.json | stop: also checkpoint and stop the run
-    min_history: int = 5  # iterations of env steps/s history before slow_env judges
-    slow_ratio: float = 0.5  # slow_env: env steps/s below this x the run's median ...
+    min_history: int = 5  # iterations of simulator steps/s history before slow_env judges
+    slow_ratio: float = 0.5  # slow_env: simulator steps/s below this x the run's median ...
     slow_iterations: int = 3  # ... in each of the last N iterations
     window: int = 10  # iterations over which rss_growth, gpu_growth and env_restarts are measured
     rss_growth: float = 0.25  # rss_growth: relative RSS growth over the window

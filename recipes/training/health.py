@@ -31,7 +31,7 @@ HEALTH_COLUMNS = [f"health/{name}" for name in CHECKS]
 SYSTEM_COLUMNS = ["sys/cpu_process_pct", "sys/cpu_system_pct", "sys/load_1m", "sys/disk_free_gib",
                   "gpu/util_pct", "gpu/mem_used_gib", "gpu/mem_total_gib"]
 # what one iteration's history row keeps (the checks read nothing else from the past)
-HISTORY_KEYS = {"sps": "perf/env_steps_per_s", "rss": "mem/rss_gib", "gpu": "mem/gpu_reserved_gib",
+HISTORY_KEYS = {"sps": "perf/sim_steps_per_s", "rss": "mem/rss_gib", "gpu": "mem/gpu_reserved_gib",
                 "kept": "groups/kept", "restarts": "faults/env_restarts"}  # restarts: stored as this iteration's new ones
 MAX_HISTORY = 200  # iterations kept: the "run's median" is over at most this many
 
@@ -196,7 +196,7 @@ class HealthMonitor:
         median = statistics.median(sps)
         ratio = max(sps[-c.slow_iterations:]) / median if median > 0 else float("nan")
         return _Check(ratio, c.slow_ratio, ratio < c.slow_ratio,
-                      f"env steps/s at {ratio:.2f}x the run's median ({median:.3g}) for {c.slow_iterations} iterations "
+                      f"simulator steps/s at {ratio:.2f}x the run's median ({median:.3g}) for {c.slow_iterations} iterations "
                       f"(threshold {c.slow_ratio}x): check for other jobs on the machine, swapping, or lower env.num_envs")
 
     def growth(self, key: str, what: str, threshold: float, fix: str) -> _Check:

@@ -39,6 +39,7 @@ import torch
 from tensordict import TensorDictBase
 
 from ript.algos import GroupLOOAdvantage, SpreadKeeper, StepWindow, make_replay_buffer, refill_replay_buffer, relabel_chunks, steps_with_weight, training_mode, update_policy
+from ript.algos.collection_profile import PARTS, CollectionProfile
 from ript.algos.evaluation import eval_schedule, evaluate_contexts, shard_schedule, summarise
 from ript.algos.group_collection import Context, Episode, GroupCollector
 from ript.algos.sampling import ContextSampler
@@ -86,12 +87,12 @@ def csv_columns(cfg: RIPTConfig) -> list[str]:
     per_task = [f"{split}/success_rate_{s.label}" for split in ("train", "eval") for s in task_specs(cfg)]
     return [
         "train/success_rate", "train/episodes", "eval/success_rate", "eval/episodes", "eval/ci95_low", "eval/ci95_high", *per_task,
-        "groups/kept", "groups/dropped", "groups/contexts_drawn", "data/decision_steps", "data/env_frames",
+        "groups/kept", "groups/dropped", "groups/contexts_drawn", "data/decision_steps", "data/env_frames", "data/sim_steps",
         "data/trained_steps", "data/upsampled_steps", "data/demo_steps", *LOSS_METRICS,
         "policy/spread_after_update", "policy/noise_scale",
         "optim/grad_norm_preclip", "optim/lr", "optim/steps", "optim/skipped_nonfinite",
         "time/collect_s", "time/buffer_s", "time/update_s", "time/eval_s", "time/iteration_s", "time/ript_minutes",
-        "perf/env_steps_per_s", "mem/rss_gib", "mem/gpu_peak_gib", "mem/gpu_reserved_gib",
+        *(f"time/collect_{part}_s" for part in PARTS), "perf/sim_steps_per_s", "perf/decision_steps_per_s", "mem/rss_gib", "mem/gpu_peak_gib", "mem/gpu_reserved_gib",
         "faults/env_faults", "faults/env_restarts", "faults/groups_discarded", "optim/nonfinite_streak", "sampling/mastered_contexts",
         *SYSTEM_COLUMNS, *HEALTH_COLUMNS,
     ]  # fmt: skip
@@ -255,19 +256,25 @@ class Trainer:
         counts = {"draws": 0, "frames": 0, "discarded": 0}
         per_task: dict[int, list[bool]] = {t: [] for t in range(len(self.tasks))}
         bar = self.logger.progress(total=a.max_context_draws * a.group_size, desc=f"iter {it + 1} rollouts")
-        while True:  # every rank takes the same decisions from global counts, so all run the same rounds
-            kept_all, draws_all = (int(v) for v in all_reduce_sum(dist, [self.advantage.kept_groups, counts["draws"]]))
-            if kept_all >= a.target_groups or draws_all >= a.max_context_draws:
-                break
-            if preemption is not None and any_rank(dist, preemption.requested):
-                bar.close()
-                return Collected(None, {}, preempted=True)
-            round_total = min(a.contexts_per_iteration * dist.world_size, a.max_context_draws - draws_all)
-            contexts = self.sampler.sample(len(range(dist.rank, round_total, dist.world_size)))
-            if contexts:
-                self._collect_round(it, contexts, kept, counts, per_task, bar)
+        start = time.perf_counter()
+        with CollectionProfile(self.envs.env, self.policy, worker_clocks=self.cfg.env.kind == "libero") as profile:
+            while True:  # every rank takes the same decisions from global counts, so all run the same rounds
+                kept_all, draws_all = (int(v) for v in all_reduce_sum(dist, [self.advantage.kept_groups, counts["draws"]]))
+                if kept_all >= a.target_groups or draws_all >= a.max_context_draws:
+                    break
+                if preemption is not None and any_rank(dist, preemption.requested):
+                    bar.close()
+                    return Collected(None, {}, preempted=True)
+                round_total = min(a.contexts_per_iteration * dist.world_size, a.max_context_draws - draws_all)
+                contexts = self.sampler.sample(len(range(dist.rank, round_total, dist.world_size)))
+                if contexts:
+                    self._collect_round(it, contexts, kept, counts, per_task, bar)
         bar.close()
-        return Collected(torch.cat(kept, 0) if kept else None, self._collect_metrics(counts, per_task))
+        parts = profile.breakdown(time.perf_counter() - start)
+        counts["sim_steps"] = int(parts.pop("sim_steps")) or counts["frames"] * self.policy.n_action_steps  # no worker clocks: full chunks
+        metrics = self._collect_metrics(counts, per_task)
+        metrics.update({f"time/collect_{part}_s": seconds for part, seconds in parts.items()})
+        return Collected(torch.cat(kept, 0) if kept else None, metrics)
 
     def _collect_round(self, it: int, contexts: list[tuple[int, int]], kept: list[TensorDictBase], counts: dict[str, int],
                        per_task: dict[int, list[bool]], bar: Any) -> None:
@@ -310,16 +317,18 @@ class Trainer:
     def _collect_metrics(self, counts: dict[str, int], per_task: dict[int, list[bool]]) -> dict[str, float]:
         """The iteration's collection counts, summed over ranks (what the run did, not what rank 0 did)."""
         stats = self.advantage.stats()
-        local = [stats["kept_groups"], stats["dropped_groups"], counts["draws"], stats["kept_steps"], counts["frames"], counts["discarded"]]
+        local = [stats["kept_groups"], stats["dropped_groups"], counts["draws"], stats["kept_steps"], counts["frames"], counts["discarded"],
+                 counts["sim_steps"]]
         local += [x for t in range(len(self.tasks)) for x in (sum(per_task[t]), len(per_task[t]))]
         total = [int(v) for v in all_reduce_sum(self.dist, local)]
-        wins, trials = sum(total[6::2]), sum(total[7::2])
+        wins, trials = sum(total[7::2]), sum(total[8::2])
         metrics = {"train/success_rate": wins / trials if trials else float("nan"), "train/episodes": trials}
-        names = ("groups/kept", "groups/dropped", "groups/contexts_drawn", "data/decision_steps", "data/env_frames", "faults/groups_discarded")
-        metrics.update(zip(names, total[:6]))
+        names = ("groups/kept", "groups/dropped", "groups/contexts_drawn", "data/decision_steps", "data/env_frames", "faults/groups_discarded",
+                 "data/sim_steps")
+        metrics.update(zip(names, total[:7]))
         for t, spec in enumerate(self.tasks):
-            if total[7 + 2 * t]:
-                metrics[f"train/success_rate_{spec.label}"] = total[6 + 2 * t] / total[7 + 2 * t]
+            if total[8 + 2 * t]:
+                metrics[f"train/success_rate_{spec.label}"] = total[7 + 2 * t] / total[8 + 2 * t]
         return metrics
 
     # ------------------------------------------------------------------ prepare and update
@@ -513,7 +522,9 @@ class Trainer:
                 is_best = self.early.update(metrics["eval/success_rate"])
         metrics.update(self.timer.metrics())
         metrics["time/ript_minutes"] = self.state.ript_seconds / 60
-        metrics["perf/env_steps_per_s"] = metrics["data/env_frames"] / max(self.timer.times.get("collect", 0.0), 1e-9)
+        collect_s = max(self.timer.times.get("collect", 0.0), 1e-9)  # every rank's steps over this rank's collection time
+        metrics["perf/sim_steps_per_s"] = metrics["data/sim_steps"] / collect_s
+        metrics["perf/decision_steps_per_s"] = metrics["data/env_frames"] / collect_s
         metrics.update(memory_stats(self.device))
         metrics.update(self.envs.metrics())
         metrics["sampling/mastered_contexts"] = sum(self.sampler.is_mastered(c) for c in self.sampler.contexts)

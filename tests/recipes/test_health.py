@@ -22,7 +22,7 @@ from ript.recipes.training import health  # noqa: E402
 from ript.recipes.training.config import ConfigError, HealthConfig, load_config  # noqa: E402
 from ript.recipes.training.health import CHECKS, HEALTH_COLUMNS, SYSTEM_COLUMNS, HealthMonitor  # noqa: E402
 
-NORMAL = {"perf/env_steps_per_s": 100.0, "mem/rss_gib": 2.0, "groups/kept": 2, "faults/env_restarts": 0,
+NORMAL = {"perf/sim_steps_per_s": 100.0, "mem/rss_gib": 2.0, "groups/kept": 2, "faults/env_restarts": 0,
           "optim/nonfinite_streak": 0, "optim/skipped_nonfinite": 0}
 SYSTEM = {"sys/cpu_process_pct": 50.0, "sys/cpu_system_pct": 60.0, "sys/load_1m": 1.0, "sys/disk_free_gib": 100.0}
 
@@ -43,7 +43,7 @@ def _ramp(key: str, a: float, b: float, n: int) -> list[dict[str, float]]:
 
 
 CASES = {  # check -> (rows, 1-based row at which it first fires, system figures)
-    "slow_env": ([{}] * 12 + [{"perf/env_steps_per_s": 30.0}] * 3, 15, None),
+    "slow_env": ([{}] * 12 + [{"perf/sim_steps_per_s": 30.0}] * 3, 15, None),
     "rss_growth": ([{}] * 5 + _ramp("mem/rss_gib", 2.0, 2.54, 10), 15, None),
     "gpu_growth": ([{"mem/gpu_reserved_gib": 10.0}] * 5 + _ramp("mem/gpu_reserved_gib", 10.0, 12.7, 10), 15,
                    {**SYSTEM, "gpu/mem_total_gib": 80.0}),
@@ -91,14 +91,14 @@ def test_stop_action_and_every(tmp_path: Path) -> None:
 
 def test_history_survives_resume(tmp_path: Path) -> None:
     first = _monitor(tmp_path, [])
-    _drive(first, [{}] * 12 + [{"perf/env_steps_per_s": 30.0}] * 2)
+    _drive(first, [{}] * 12 + [{"perf/sim_steps_per_s": 30.0}] * 2)
     (tmp_path / "health.json").write_text(json.dumps({"findings": [{"iteration": 14, "check": "x"}, {"iteration": 15, "check": "y"}]}))
     saved = json.loads(json.dumps(first.state_dict()))  # what a checkpoint keeps
     resumed, fresh = _monitor(tmp_path, []), _monitor(tmp_path, [])
     resumed.load_state_dict(saved, iteration=14)
     assert [f["iteration"] for f in resumed.findings] == [14]  # entries after the checkpoint are dropped
-    assert _drive(resumed, [{"perf/env_steps_per_s": 30.0}], start=15)[0]["health/slow_env"] == 1.0
-    assert _drive(fresh, [{"perf/env_steps_per_s": 30.0}], start=15)[0]["health/slow_env"] == 0.0  # no history: cannot judge
+    assert _drive(resumed, [{"perf/sim_steps_per_s": 30.0}], start=15)[0]["health/slow_env"] == 1.0
+    assert _drive(fresh, [{"perf/sim_steps_per_s": 30.0}], start=15)[0]["health/slow_env"] == 0.0  # no history: cannot judge
 
 
 def test_env_restarts_count_across_a_resume(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ sys.path.insert(0, str(ROOT / "recipes"))
 import eval_libero  # noqa: E402
 import ript_cfg  # noqa: E402
 
+from ript.algos.collection_profile import PARTS  # noqa: E402
+
 TINY = ["env.max_steps=20", "env.num_envs=2", "eval.episodes=2", "eval.every=1", "logging.video_every=1", "logging.progress=false"]
 
 
@@ -30,6 +32,12 @@ def test_train_resume_and_evaluate_on_libero(tmp_path: Path) -> None:
     assert [r["iteration"] for r in rows] == ["1", "2"]
     assert all(r["eval/episodes"] == "2" and 0.0 <= float(r["eval/success_rate"]) <= 1.0 for r in rows)
     assert all(int(r["train/episodes"]) >= 2 * 2 for r in rows)  # at least one round of groups of K=2
+    for r in rows:  # the collection's time split adds up, and simulator steps are counted by the workers, not decisions
+        parts = sum(float(r[f"time/collect_{p}_s"]) for p in PARTS)
+        assert float(r["time/collect_physics_s"]) > 0 and float(r["time/collect_render_s"]) > 0 and float(r["time/collect_policy_denoise_s"]) > 0
+        assert parts == pytest.approx(float(r["time/collect_s"]), rel=0.05)
+        assert int(r["data/sim_steps"]) >= 4 * int(r["data/env_frames"])  # chunks of 5 (a success may cut one short)
+        assert float(r["perf/sim_steps_per_s"]) == pytest.approx(int(r["data/sim_steps"]) / float(r["time/collect_s"]), rel=1e-3)
     assert second["videos"] and all(Path(v).stat().st_size > 0 for v in second["videos"])
     assert (run / "training_curves.png").is_file()
 
