@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -205,6 +205,9 @@ def cli(argv: list[str] | None = None) -> optuna.Study | None:
 
 
 def dry_run(args: TuneArgs) -> None:
+    """Print the arguments and the validated space; open no storage, run no trial."""
+    for key, value in asdict(args).items():
+        print(f"{key}: {value}")
     space = load_space(args.space)
     print(replace_settings(space, n_trials=args.n_trials or space.study.n_trials).describe())
 
