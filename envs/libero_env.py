@@ -180,9 +180,14 @@ class LiberoSimulator:
         settle_steps: int = 10,
         lazy_render: bool = True,
         render_gpu_device_id: int = -1,
+        render_threads: int | None = None,
         fixture_placement: Literal["pinned", "upstream"] = "pinned",
         seed: int = 0,
     ) -> None:
+        if render_threads is not None:  # Mesa's llvmpipe reads it when the process's first GL context is made
+            if render_threads < 1:
+                raise ValueError(f"render_threads must be None (Mesa's default) or >= 1, got {render_threads}")
+            os.environ["LP_NUM_THREADS"] = str(int(render_threads))
         self.fixture_placement = check_fixture_placement(fixture_placement)
         self.seed = int(seed)  # pinned scenes' seed
         self.seed_jitter(self.seed)
@@ -536,6 +541,7 @@ class LiberoEnv(EnvBase):
         lazy_render: bool = True,
         worker_index: int = 0,
         render_gpu_device_id: int = -1,
+        render_threads: int | None = None,
         fixture_placement: Literal["pinned", "upstream"] = "pinned",
         scene_seed: int | None = None,
         seed: int | None = None,
@@ -555,7 +561,7 @@ class LiberoEnv(EnvBase):
         self.sim = LiberoSimulator(
             suite, task, camera_size=camera_size, wrist_camera=wrist_camera, max_steps=max_steps,
             settle_steps=settle_steps, lazy_render=lazy_render, render_gpu_device_id=render_gpu_device_id,
-            fixture_placement=fixture_placement, seed=scene_seed if scene_seed is not None else (seed or 0),
+            render_threads=render_threads, fixture_placement=fixture_placement, seed=scene_seed if scene_seed is not None else (seed or 0),
         )
         if seed is not None:
             self.sim.seed_jitter(seed)

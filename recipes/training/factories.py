@@ -7,10 +7,12 @@ only when `env.kind=libero`, so toy runs start in about a second.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,6 +214,7 @@ def make_env(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, num_envs: int | Non
         init_state_mode="fixed",
         init_state_id=min(cfg.env.train_init_states),
         fixture_placement=cfg.env.fixture_placement,
+        render_threads=cfg.env.render_threads,
         scene_seed=cfg.train.seed,  # not `seed`: ranks and env rebuilds offset that one, a context's scene must not move
     )
     if hasattr(env, "start") and getattr(env, "is_closed", False):
@@ -220,6 +223,32 @@ def make_env(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, num_envs: int | Non
 
 
 # --------------------------------------------------------------------------- training parts
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity), capped by OMP_NUM_THREADS when set (torchrun sets 1 per rank)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(cores, int(cap))) if cap.isdigit() and int(cap) > 0 else cores
+
+
+def phase_threads(cfg: RIPTConfig) -> tuple[int, int]:
+    """Torch threads for (collection, update): while collecting, env workers in their own processes hold one core each."""
+    cores = available_cores()
+    worker_processes = cfg.env.num_envs if cfg.env.num_envs > 1 and (cfg.env.kind == "libero" or cfg.env.toy_parallel) else 0
+    collect = cfg.train.collect_threads or max(1, cores - worker_processes)
+    return collect, cfg.train.update_threads or cores
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch intra-op threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def make_collector(env: EnvBase, policy: FlowMatchingPolicy, cfg: RIPTConfig) -> Collector:

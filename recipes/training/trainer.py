@@ -47,7 +47,8 @@ from ript.algos.sampling import ContextSampler
 from .checkpoint import CheckpointError, Checkpointer, write_json_atomic
 from .config import ConfigError, RIPTConfig, task_specs, to_dict, to_yaml
 from .distributed import DistInfo, all_gather_object, all_reduce_sum, any_rank, barrier, check_replicas, rank_seed, shard
-from .factories import make_collector, make_env, make_loss, make_optimization, make_policy, max_decision_steps, stored_keys, worker_layout, wrap_ddp
+from .factories import (make_collector, make_env, make_loss, make_optimization, make_policy, max_decision_steps, phase_threads, stored_keys,
+                        torch_threads, worker_layout, wrap_ddp)
 from .faults import EnvFault, EnvSupervisor, NonFiniteGuard, check_finite_parameters
 from .health import HEALTH_COLUMNS, SYSTEM_COLUMNS, HealthMonitor
 from .logging import MetricLogger, PhaseTimer, memory_stats
@@ -152,6 +153,7 @@ class Trainer:
         self._build_learning()
         self._build_data()
         self.timer = PhaseTimer()
+        self.collect_threads, self.update_threads = phase_threads(cfg)  # the policy acts beside the env workers, updates alone
         self.videos: list[Path] = []
         # called as on_evaluation(iteration, metrics) after each logged evaluation (a tuning trial reports to its
         # pruner); an exception it raises (optuna.TrialPruned) ends the run, the caller's close() stops the workers
@@ -397,8 +399,9 @@ class Trainer:
             with self.envs.guard(f"evaluation after iteration {it}"):
                 if libero:  # evaluation's own fixture placement (upstream: the published protocol), training's again after
                     self.envs.env.set_fixture_placement(cfg.eval.fixture_placement)
-                records, videos = evaluate_contexts(self.collector, self.policy, schedule, max_videos=4 if record_video else 0,
-                                                    group_id_base=EVAL_GROUP_BASE + dist.rank * 10**9 + it * 10**5)
+                with torch_threads(self.collect_threads):
+                    records, videos = evaluate_contexts(self.collector, self.policy, schedule, max_videos=4 if record_video else 0,
+                                                        group_id_base=EVAL_GROUP_BASE + dist.rank * 10**9 + it * 10**5)
                 if libero:
                     self.envs.env.set_fixture_placement(cfg.env.fixture_placement)
         except EnvFault as fault:
@@ -432,13 +435,14 @@ class Trainer:
         """Collect, prepare and update once (iteration `it` + 1); None when a signal interrupted the collection."""
         gen = seed_iteration(self.seed, it)
         self.timer.reset()
-        with self.timer("collect"), training_mode(self.policy, False):  # rollouts in eval mode (lerobot's inference setting)
+        # rollouts in eval mode (lerobot's inference setting)
+        with self.timer("collect"), training_mode(self.policy, False), torch_threads(self.collect_threads):
             collected = self.collect(it, preemption)
         if collected.preempted:
             return None
         with self.timer("buffer"):
             metrics = {**collected.metrics, **self.prepare(collected, it, gen)}
-        with self.timer("update"):
+        with self.timer("update"), torch_threads(self.update_threads):
             if metrics["data/trained_steps"] > 0:
                 metrics.update(self.update(gen))
             else:

@@ -254,3 +254,8 @@ def test_two_workers_with_collector_and_contexts():
     finally:
         if not env.is_closed:
             env.close()
+
+
+def test_render_threads_is_checked_before_any_simulator() -> None:
+    with pytest.raises(ValueError, match="render_threads must be None"):
+        LiberoEnv("libero_object", 0, render_threads=0)

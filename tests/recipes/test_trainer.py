@@ -100,3 +100,44 @@ def test_a_missing_final_evaluation_is_retried_and_resume_completes_it(tmp_path:
     failures["left"] = 1
     third = ript_cfg.main([*common[:-2], f"logging.output_dir={tmp_path / 'retry'}", "train.iterations=1"])
     assert failures["left"] == 0 and [e["iteration"] for e in third["evaluation_history"]] == [0, 1]  # retried in the same run
+
+
+def test_thread_counts_per_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Collection leaves one core per env worker process; updates take every core; explicit counts win; OMP_NUM_THREADS caps."""
+    import os
+
+    from ript.recipes.training.factories import phase_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert phase_threads(load_config("quick_test", ["env.num_envs=2"])) == (2, 4)
+    assert phase_threads(load_config("quick_test", ["env.num_envs=1"])) == (4, 4)  # the simulator runs in this process
+    assert phase_threads(load_config("quick_test", ["env.num_envs=6"])) == (1, 4)
+    assert phase_threads(load_config("quick_test", ["train.collect_threads=3", "train.update_threads=2"])) == (3, 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's default per rank
+    assert phase_threads(load_config("quick_test", ["env.num_envs=1"])) == (1, 1)
+    with pytest.raises(ConfigError, match="train.update_threads=0 must be >= 1"):
+        load_config("quick_test", ["train.update_threads=0"])
+
+
+def test_the_trainer_acts_and_updates_with_its_thread_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from ript.recipes.training import trainer as trainer_module
+
+    seen: dict[str, set[int]] = {"act": set(), "update": set()}
+    real_update, real_forward = trainer_module.update_policy, trainer_module.Trainer.collect
+
+    def update(*args, **kwargs):
+        seen["update"].add(torch.get_num_threads())
+        return real_update(*args, **kwargs)
+
+    def collect(self, *args, **kwargs):
+        seen["act"].add(torch.get_num_threads())
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "update_policy", update)
+    monkeypatch.setattr(trainer_module.Trainer, "collect", collect)
+    before = torch.get_num_threads()
+    ript_cfg.main([*TOY, f"logging.output_dir={tmp_path / 'run'}", "train.iterations=1", "train.collect_threads=1", "train.update_threads=2"])
+    assert seen == {"act": {1}, "update": {2}} and torch.get_num_threads() == before
