@@ -50,6 +50,7 @@ def timed_study(space: SearchSpace, study_dir: Path, storage: str) -> tuple[optu
 
 
 def main(bench: PruningBench) -> dict[str, Any]:
+    """Study A with the pruner, study B on the same points without it; wall and CPU ratios."""
     out = Path(bench.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     space = load_space(bench.space)

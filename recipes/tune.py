@@ -133,6 +133,7 @@ def run_trial(trial: optuna.Trial, space: SearchSpace, study_dir: Path) -> float
 
 
 def study_trials(trial: optuna.Trial) -> list[optuna.trial.FrozenTrial]:
+    """Every trial of the study so far, as stored (no copy)."""
     return trial.study.get_trials(deepcopy=False)
 
 
@@ -152,6 +153,7 @@ def report(study: optuna.Study, space: SearchSpace, study_dir: Path) -> None:
 
 
 def print_table(study: optuna.Study) -> None:
+    """One row per trial: state, value, last reported iteration, minutes and parameters."""
     print(f"\nstudy '{study.study_name}': {len(study.trials)} trials")
     print(f"{'#':>4}  {'state':8s}  {'value':>6}  {'last it':>7}  {'min':>5}  params")
     for t in study.trials:

@@ -88,7 +88,7 @@ def csv_columns(cfg: RIPTConfig) -> list[str]:
     per_task = [f"{split}/success_rate_{s.label}" for split in ("train", "eval") for s in task_specs(cfg)]
     return [
         "train/success_rate", "train/episodes", "eval/success_rate", "eval/episodes", "eval/ci95_low", "eval/ci95_high", *per_task,
-        "groups/kept", "groups/dropped", "groups/contexts_drawn", "data/decision_steps", "data/env_frames", "data/sim_steps",
+        "groups/kept", "groups/dropped", "groups/contexts_drawn", "data/decision_steps", "data/env_frames", "data/sim_steps", "data/idle_frames",
         "data/trained_steps", "data/upsampled_steps", "data/demo_steps", *LOSS_METRICS,
         "policy/spread_after_update", "policy/noise_scale",
         "optim/grad_norm_preclip", "optim/lr", "optim/steps", "optim/skipped_nonfinite",
@@ -255,7 +255,7 @@ class Trainer:
         a, dist = self.cfg.algo, self.dist
         self.advantage.reset_stats()
         kept: list[TensorDictBase] = []
-        counts = {"draws": 0, "frames": 0, "discarded": 0}
+        counts = {"draws": 0, "frames": 0, "group_frames": 0, "discarded": 0}
         per_task: dict[int, list[bool]] = {t: [] for t in range(len(self.tasks))}
         bar = self.logger.progress(total=a.max_context_draws * a.group_size, desc=f"iter {it + 1} rollouts")
         start = time.perf_counter()
@@ -284,8 +284,11 @@ class Trainer:
         base = GROUP_BASE + self.dist.rank * 10**9 + it * 10_000 + counts["draws"]
         groups = {base + j: Context(*ctx) for j, ctx in enumerate(contexts)}
 
+        ours = torch.tensor(list(groups))
+
         def feed(batch: TensorDictBase) -> None:
             counts["frames"] += batch.numel()
+            counts["group_frames"] += int(torch.isin(batch.get("group_id").reshape(-1), ours).sum())  # the rest ran no group of ours
             out = self.advantage(batch)
             if out is not None:  # only complete groups come out: they stay valid after a fault
                 gids = out.get("group_id").reshape(-1).tolist()
@@ -320,17 +323,17 @@ class Trainer:
         """The iteration's collection counts, summed over ranks (what the run did, not what rank 0 did)."""
         stats = self.advantage.stats()
         local = [stats["kept_groups"], stats["dropped_groups"], counts["draws"], stats["kept_steps"], counts["frames"], counts["discarded"],
-                 counts["sim_steps"]]
+                 counts["sim_steps"], counts["frames"] - counts["group_frames"]]
         local += [x for t in range(len(self.tasks)) for x in (sum(per_task[t]), len(per_task[t]))]
         total = [int(v) for v in all_reduce_sum(self.dist, local)]
-        wins, trials = sum(total[7::2]), sum(total[8::2])
+        wins, trials = sum(total[8::2]), sum(total[9::2])
         metrics = {"train/success_rate": wins / trials if trials else float("nan"), "train/episodes": trials}
         names = ("groups/kept", "groups/dropped", "groups/contexts_drawn", "data/decision_steps", "data/env_frames", "faults/groups_discarded",
-                 "data/sim_steps")
-        metrics.update(zip(names, total[:7]))
+                 "data/sim_steps", "data/idle_frames")
+        metrics.update(zip(names, total[:8]))
         for t, spec in enumerate(self.tasks):
-            if total[8 + 2 * t]:
-                metrics[f"train/success_rate_{spec.label}"] = total[7 + 2 * t] / total[8 + 2 * t]
+            if total[9 + 2 * t]:
+                metrics[f"train/success_rate_{spec.label}"] = total[8 + 2 * t] / total[9 + 2 * t]
         return metrics
 
     # ------------------------------------------------------------------ prepare and update

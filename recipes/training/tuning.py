@@ -79,6 +79,7 @@ class Param:
     when: dict[str, list[Any]] = field(default_factory=dict)  # parent key -> values at which this key is sampled
 
     def describe(self) -> str:
+        """One line for --dry-run: the distribution, its range and its condition."""
         dist = f"categorical {self.choices}" if self.kind == "categorical" else f"{self.kind} [{self.low}, {self.high}]"
         dist += f" step {self.step}" if self.step is not None else ""
         dist += " log" if self.log and self.kind == "int" else ""
@@ -97,6 +98,7 @@ class SearchSpace:
     enqueue: list[dict[str, Any]] = field(default_factory=list)
 
     def fixed_overrides(self) -> list[str]:
+        """The fixed keys as recipe `key=value` overrides, shared by every trial."""
         return [override(k, v) for k, v in self.fixed.items()]
 
     def describe(self) -> str:

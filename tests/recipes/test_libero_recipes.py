@@ -37,6 +37,7 @@ def test_train_resume_and_evaluate_on_libero(tmp_path: Path) -> None:
         assert float(r["time/collect_physics_s"]) > 0 and float(r["time/collect_render_s"]) > 0 and float(r["time/collect_policy_denoise_s"]) > 0
         assert parts == pytest.approx(float(r["time/collect_s"]), rel=0.05)
         assert int(r["data/sim_steps"]) >= 4 * int(r["data/env_frames"])  # chunks of 5 (a success may cut one short)
+        assert 0 <= int(r["data/idle_frames"]) < int(r["data/env_frames"])  # frames of workers that ran no group of ours
         assert float(r["perf/sim_steps_per_s"]) == pytest.approx(int(r["data/sim_steps"]) / float(r["time/collect_s"]), rel=1e-3)
     assert second["videos"] and all(Path(v).stat().st_size > 0 for v in second["videos"])
     assert (run / "training_curves.png").is_file()
