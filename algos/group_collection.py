@@ -95,10 +95,12 @@ class EpisodeSource(Protocol):
 class GroupCollector:
     """Runs `repeats` episodes of each context and returns each group's outcomes, feeding every batch onwards."""
 
-    def __init__(self, source: EpisodeSource, *, worker_options: Sequence[Sequence[int]], env_task_ids: Sequence[int]) -> None:
+    def __init__(self, source: EpisodeSource, *, worker_options: Sequence[Sequence[int]], env_task_ids: Sequence[int],
+                 batches_per_episode: int = 1) -> None:
         self.source = source
         self.worker_options = [list(o) for o in worker_options]
         self.env_task_ids = [int(t) for t in env_task_ids]
+        self.batches_per_episode = int(batches_per_episode)  # collector batches a longest episode spans (bounds the loop)
 
     @property
     def n_workers(self) -> int:
@@ -137,7 +139,7 @@ class GroupCollector:
         self.source.collector.reset()  # every worker starts its first queued episode now
         results: dict[int, list[bool]] = defaultdict(list)
         open_groups = {g for g in groups if wanted[g] > 0}
-        for _ in range(max(lengths) + 2):  # a batch holds about one full episode per worker
+        for _ in range((max(lengths) + 2) * self.batches_per_episode):  # queued episodes, and two more, of the longest kind
             if not open_groups:
                 break
             batch = next(self.source.batches)

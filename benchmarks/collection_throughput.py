@@ -27,14 +27,13 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
-from torchrl.collectors import Collector
 
 from ript.algos.collection_profile import PARTS, CollectionProfile
-from ript.algos.group_collection import Context, GroupCollector
+from ript.algos.group_collection import Context
 from ript.recipes.training.cli import run_cli
 from ript.recipes.training.config import ConfigError, load_config
 from ript.recipes.training.distributed import distributed_session
-from ript.recipes.training.factories import max_decision_steps
+from ript.recipes.training.factories import make_collector, make_group_collector
 from ript.recipes.training.trainer import Trainer
 
 CONFIG_NAME = "quick_test"
@@ -70,10 +69,8 @@ def env_alone(trainer: Trainer, contexts: list[tuple[int, int]], group_size: int
     """Roll the contexts out with the constant policy in the trainer's env; wall seconds, sim steps, breakdown."""
     env, policy = trainer.envs.env, trainer.policy
     constant = ConstantPolicy(policy.n_action_steps, policy.action_dim)
-    collector = Collector(env, constant, frames_per_batch=env.batch_size.numel() * max_decision_steps(trainer.cfg), total_frames=-1,
-                          auto_register_policy_transforms=False)
-    source = SimpleNamespace(env=env, collector=collector, batches=iter(collector))
-    groups = GroupCollector(source, worker_options=trainer.collector.worker_options, env_task_ids=trainer.collector.env_task_ids)
+    collector = make_collector(env, constant, trainer.cfg)
+    groups = make_group_collector(SimpleNamespace(env=env, collector=collector, batches=iter(collector)), trainer.cfg)
     with CollectionProfile(env, constant, worker_clocks=True) as profile:
         start = time.perf_counter()
         groups.collect({10**8 + i: Context(*c) for i, c in enumerate(contexts)}, group_size)

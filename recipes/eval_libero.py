@@ -33,8 +33,7 @@ from ript.envs.libero_env import get_suite, suite_sizes
 from ript.recipes.training.config import ConfigError, RIPTConfig, main_config, to_yaml
 from ript.recipes.training.eval_table import EpisodeResult, write_episodes_csv, write_tables
 from ript.algos.evaluation import eval_schedule, evaluate_contexts
-from ript.algos.group_collection import GroupCollector
-from ript.recipes.training.factories import make_collector, make_env, make_policy, worker_layout
+from ript.recipes.training.factories import make_collector, make_env, make_group_collector, make_policy
 from ript.recipes.training.preflight import PreflightError, check_libero_contexts, run_preflight
 from ript.recipes.training.video import episode_frames, tile_episodes, write_mp4
 
@@ -72,8 +71,7 @@ def evaluate_checkpoint(cfg: RIPTConfig, suites: list[str], tasks: list[int] | N
         env.set_fixture_placement(cfg.eval.fixture_placement)
         collector = make_collector(env, policy, cfg)
         source = SimpleNamespace(env=env, collector=collector, batches=iter(collector))
-        layout = worker_layout(cfg)
-        groups = GroupCollector(source, worker_options=layout.worker_options, env_task_ids=layout.env_task_ids)
+        groups = make_group_collector(source, cfg)
         try:
             for t, task in enumerate(cfg.env.tasks):
                 start = time.perf_counter()

@@ -48,6 +48,7 @@ class EnvConfig:
     num_envs: int = 2  # parallel env workers
     max_steps: Optional[int] = None  # simulator steps per episode; None = openpi's per-suite value
     hard_reset_every: int = 0  # rebuild the simulator every N resets (0 = never)
+    batch_decisions: Optional[int] = 8  # decision steps per worker in a collector batch: collection stops within this many of its last group (null: an episode's)
     render_threads: Optional[int] = None  # llvmpipe threads per env worker (CPU rendering, LP_NUM_THREADS); None: Mesa's default (all cores)
     step_timeout_s: float = 300.0  # a worker with no env progress for this long is declared hung, killed and the env rebuilt
     max_restarts: int = 5  # env rebuilds after worker deaths/hangs allowed per run before it stops
@@ -442,7 +443,8 @@ def validate(cfg: RIPTConfig) -> None:
     need(cfg.preflight.min_free_gb >= 0, f"preflight.min_free_gb={cfg.preflight.min_free_gb} must be >= 0")
     need(cfg.distributed.timeout_s > 0, "distributed.timeout_s must be > 0")
     need(t.max_minutes is None or t.max_minutes > 0, f"train.max_minutes={t.max_minutes} must be > 0 or null (no time budget)")
-    for key, n in (("train.collect_threads", t.collect_threads), ("train.update_threads", t.update_threads), ("env.render_threads", e.render_threads)):
+    for key, n in (("train.collect_threads", t.collect_threads), ("train.update_threads", t.update_threads), ("env.render_threads", e.render_threads),
+                   ("env.batch_decisions", e.batch_decisions)):
         need(n is None or n >= 1, f"{key}={n} must be >= 1 or null (automatic)")
     need(a.demo_replay >= 0, f"algo.demo_replay={a.demo_replay} must be >= 0 (0 trains on the policy's own rollouts only)")
     need(not a.demo_replay or (e.kind == "libero" and p.kind == "pi0" and p.path is not None),

@@ -23,6 +23,7 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
 from ript.algos import FlowMatchingMLPPolicy, FlowMatchingPolicy, RIPTCFGLoss
+from ript.algos.group_collection import EpisodeSource, GroupCollector
 
 from .config import ConfigError, RIPTConfig, TaskSpec, resolve_repo_path, task_specs
 from .optim import make_grad_scaler, make_optimizer, make_scheduler
@@ -251,10 +252,22 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def make_collector(env: EnvBase, policy: FlowMatchingPolicy, cfg: RIPTConfig) -> Collector:
-    """One torchrl Collector kept for the whole run; a batch is about one episode per worker."""
-    frames = env.batch_size.numel() * max_decision_steps(cfg)
+def batch_decisions(cfg: RIPTConfig) -> int:
+    """Decision steps per worker in one collector batch (env.batch_decisions, at most an episode's)."""
+    return min(cfg.env.batch_decisions or max_decision_steps(cfg), max_decision_steps(cfg))
+
+
+def make_collector(env: EnvBase, policy: torch.nn.Module, cfg: RIPTConfig) -> Collector:
+    """One torchrl Collector kept for the whole run; short batches, so a collection stops soon after its last group."""
+    frames = env.batch_size.numel() * batch_decisions(cfg)
     return Collector(env, policy, frames_per_batch=frames, total_frames=-1, auto_register_policy_transforms=False)
+
+
+def make_group_collector(source: EpisodeSource, cfg: RIPTConfig) -> GroupCollector:
+    """The group collector over `source`'s env and Collector, with the run's worker layout."""
+    layout = worker_layout(cfg)
+    return GroupCollector(source, worker_options=layout.worker_options, env_task_ids=layout.env_task_ids,
+                          batches_per_episode=math.ceil(max_decision_steps(cfg) / batch_decisions(cfg)))
 
 
 def make_loss(cfg: RIPTConfig, policy: FlowMatchingPolicy, *, sync_across_ranks: bool = False) -> RIPTCFGLoss:

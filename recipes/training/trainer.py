@@ -41,14 +41,14 @@ from tensordict import TensorDictBase
 from ript.algos import GroupLOOAdvantage, SpreadKeeper, StepWindow, make_replay_buffer, refill_replay_buffer, relabel_chunks, steps_with_weight, training_mode, update_policy
 from ript.algos.collection_profile import PARTS, CollectionProfile
 from ript.algos.evaluation import eval_schedule, evaluate_contexts, shard_schedule, summarise
-from ript.algos.group_collection import Context, Episode, GroupCollector
+from ript.algos.group_collection import Context, Episode
 from ript.algos.sampling import ContextSampler
 
 from .checkpoint import CheckpointError, Checkpointer, write_json_atomic
 from .config import ConfigError, RIPTConfig, task_specs, to_dict, to_yaml
 from .distributed import DistInfo, all_gather_object, all_reduce_sum, any_rank, barrier, check_replicas, rank_seed, shard
-from .factories import (make_collector, make_env, make_loss, make_optimization, make_policy, max_decision_steps, phase_threads, stored_keys,
-                        torch_threads, worker_layout, wrap_ddp)
+from .factories import (make_collector, make_env, make_group_collector, make_loss, make_optimization, make_policy, max_decision_steps, phase_threads, stored_keys,
+                        torch_threads, wrap_ddp)
 from .faults import EnvFault, EnvSupervisor, NonFiniteGuard, check_finite_parameters
 from .health import HEALTH_COLUMNS, SYSTEM_COLUMNS, HealthMonitor
 from .logging import MetricLogger, PhaseTimer, memory_stats
@@ -147,8 +147,7 @@ class Trainer:
         self.policy.record_noise = cfg.algo.target_steps > 0  # the sampling noise, for relabel_chunks
         self.envs = EnvSupervisor(self._build_env, policy=self.policy, step_timeout_s=cfg.env.step_timeout_s,
                                   max_restarts=cfg.env.max_restarts, log=self.logger.info)
-        layout = worker_layout(cfg)
-        self.collector = GroupCollector(self.envs, worker_options=layout.worker_options, env_task_ids=layout.env_task_ids)
+        self.collector = make_group_collector(self.envs, cfg)
         self.nonfinite = NonFiniteGuard(cfg.optim.max_consecutive_nonfinite)
         self._build_learning()
         self._build_data()

@@ -53,3 +53,19 @@ def test_groups_run_to_completion_with_one_target_per_init_state() -> None:
     targets = steps[steps.get("group_id") == 100].get(("observation", "state"))[..., 2:]  # state = [previous action, target]
     assert torch.allclose(targets, targets[:1].expand_as(targets))  # one init state, one target: a real group
     collector.shutdown()
+
+
+def test_short_batches_still_complete_every_group_and_stop_soon_after() -> None:
+    """Batches of one decision per worker: the loop bound counts batches per episode, and no batch runs past the last group."""
+    torch.manual_seed(0)
+    env = make_context_toy_env(2, n_action_steps=1, max_steps=4, action_dim=2)
+    policy = FlowMatchingMLPPolicy(obs_dim=4, action_dim=2, chunk_size=1, n_action_steps=1, obs_keys=[("observation", "state")], hidden=16)
+    collector = Collector(env, policy, frames_per_batch=2, total_frames=-1)  # one decision step per worker
+    source = SimpleNamespace(env=env, collector=collector, batches=iter(collector))
+    seen: list[TensorDict] = []
+    short = GroupCollector(source, worker_options=[[0, 1]], env_task_ids=[0], batches_per_episode=1)
+    assert len(short.collect({1: Context(0, 0)}, 4)[1]) < 4  # bounded as if a batch held an episode: cut short
+    groups = GroupCollector(source, worker_options=[[0, 1]], env_task_ids=[0], batches_per_episode=4)
+    assert len(groups.collect({2: Context(0, 1)}, 4, on_batch=seen.append)[2]) == 4
+    assert len(seen) <= 2 * 4  # two episodes per worker of at most 4 steps: no batch after the group completed
+    collector.shutdown()
