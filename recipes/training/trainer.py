@@ -321,18 +321,18 @@ class Trainer:
     def _collect_metrics(self, counts: dict[str, int], per_task: dict[int, list[bool]]) -> dict[str, float]:
         """The iteration's collection counts, summed over ranks (what the run did, not what rank 0 did)."""
         stats = self.advantage.stats()
-        local = [stats["kept_groups"], stats["dropped_groups"], counts["draws"], stats["kept_steps"], counts["frames"], counts["discarded"],
-                 counts["sim_steps"], counts["frames"] - counts["group_frames"]]
-        local += [x for t in range(len(self.tasks)) for x in (sum(per_task[t]), len(per_task[t]))]
+        counted = {"groups/kept": stats["kept_groups"], "groups/dropped": stats["dropped_groups"], "groups/contexts_drawn": counts["draws"],
+                   "data/decision_steps": stats["kept_steps"], "data/env_frames": counts["frames"], "faults/groups_discarded": counts["discarded"],
+                   "data/sim_steps": counts["sim_steps"], "data/idle_frames": counts["frames"] - counts["group_frames"]}
+        local = [*counted.values(), *(x for t in range(len(self.tasks)) for x in (sum(per_task[t]), len(per_task[t])))]
         total = [int(v) for v in all_reduce_sum(self.dist, local)]
-        wins, trials = sum(total[8::2]), sum(total[9::2])
+        n = len(counted)  # then (wins, trials) per task
+        wins, trials = sum(total[n::2]), sum(total[n + 1::2])
         metrics = {"train/success_rate": wins / trials if trials else float("nan"), "train/episodes": trials}
-        names = ("groups/kept", "groups/dropped", "groups/contexts_drawn", "data/decision_steps", "data/env_frames", "faults/groups_discarded",
-                 "data/sim_steps", "data/idle_frames")
-        metrics.update(zip(names, total[:8]))
+        metrics.update(zip(counted, total[:n]))
         for t, spec in enumerate(self.tasks):
-            if total[9 + 2 * t]:
-                metrics[f"train/success_rate_{spec.label}"] = total[8 + 2 * t] / total[9 + 2 * t]
+            if total[n + 1 + 2 * t]:
+                metrics[f"train/success_rate_{spec.label}"] = total[n + 2 * t] / total[n + 1 + 2 * t]
         return metrics
 
     # ------------------------------------------------------------------ prepare and update
