@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 
 import ript_cfg  # noqa: E402
 import tune  # noqa: E402
+from ript.recipes.training.config import load_config  # noqa: E402
 
 # the cheapest toy run that still evaluates: for the storage and resume tests, where learning does not matter
 TINY = {"train.iterations": 1, "eval.every": 1, "eval.episodes": 4, "logging.progress": False, "logging.video_every": 0}
@@ -71,7 +72,7 @@ def test_study_beats_a_bad_start_prunes_and_saves_a_runnable_best(tmp_path: Path
         assert json.loads((Path(t.user_attrs["run_dir"]) / "evaluations.json").read_text())["evaluations"]
         assert ("algo.guidance" in t.params) == (t.params["algo.mode"] == "cfg")
     # best.yaml runs as it is through the recipe's CLI (dry run: resolved config + policy, no training)
-    best = ript_cfg.load_config("best", [], study_dir)
+    best = load_config("best", [], study_dir)
     assert best.optim.lr == pytest.approx(study.best_params["optim.lr"]) and best.train.iterations == 3
     ript_cfg.main(["--config-path", str(study_dir), "--config-name", "best", "--dry-run"])
     assert (study_dir / "optimisation_history.png").stat().st_size > 0
