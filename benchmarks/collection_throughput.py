@@ -103,8 +103,11 @@ def measure(workers: int, check: ThroughputCheck) -> dict[str, Any]:
             trainer.close()
     rate = {k: statistics.median(r["sim_steps"] / r["wall_s"] for r in v) for k, v in runs.items()}
     share = {part: statistics.median(r[part] / r["wall_s"] for r in runs["b"]) for part in PARTS}
+    # one worker's own cost of a simulator step (its clocks; worker parts are means over workers)
+    worker_ms = {k: {part: statistics.median(1000 * r[part] * workers / r["sim_steps"] for r in v) for part in ("physics", "render")}
+                 for k, v in runs.items()}
     return {"workers": workers, "env_alone_sim_steps_per_s": rate["a"], "collection_sim_steps_per_s": rate["b"],
-            "ratio": rate["b"] / rate["a"], "collection_share": share, "runs": runs}
+            "ratio": rate["b"] / rate["a"], "collection_share": share, "worker_ms_per_sim_step": worker_ms, "runs": runs}
 
 
 def main(check: ThroughputCheck) -> dict[str, Any]:
@@ -117,6 +120,10 @@ def main(check: ThroughputCheck) -> dict[str, Any]:
         shares = "  ".join(f"{100 * r['collection_share'][p]:9.1f}%" for p in PARTS)
         print(f"{r['workers']:7d}  {r['env_alone_sim_steps_per_s']:9.1f}/s    {r['collection_sim_steps_per_s']:9.1f}/s    "
               f"{r['ratio']:.2f}   {shares}")
+    print("one worker's ms per simulator step (its own clocks): physics, rendering; env alone | collection")
+    for r in results:
+        a, b = r["worker_ms_per_sim_step"]["a"], r["worker_ms_per_sim_step"]["b"]
+        print(f"{r['workers']:7d}  {a['physics']:6.1f}  {a['render']:6.1f}  |  {b['physics']:6.1f}  {b['render']:6.1f}")
     worst = min(r["ratio"] for r in results)
     if check.save_results:
         (RESULTS / "collection_throughput.json").write_text(json.dumps({"check": vars(check), "results": results}, indent=1))
