@@ -521,6 +521,8 @@ class Trainer:
         is_best = evaluated = False
         if (it % cfg.eval.every == 0 or last) and not preempted:
             evaluated = True
+            if it % cfg.checkpoint.every == 0 or last:  # a kill during a long evaluation keeps the update (resume evaluates a missing last one)
+                self.save(it, metrics)
             record = cfg.logging.video_every > 0 and it % cfg.logging.video_every == 0 and dist.is_main
             with self.timer("eval"):
                 metrics.update(self.evaluate(it, record))

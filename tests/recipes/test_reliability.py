@@ -314,3 +314,28 @@ def test_an_env_fault_during_evaluation_leaves_the_policy_in_training_mode() -> 
     with pytest.raises(RuntimeError, match="env worker died"):
         evaluate_contexts(GroupCollector(source, worker_options=[[0]], env_task_ids=[0]), policy, {Context(0, 100): 1}, group_id_base=5)
     assert policy.training  # an outer supervisor can restart the env and train on
+
+
+class Killed(BaseException):
+    """A kill that no handler sees (SIGKILL, the node lost): the process just stops."""
+
+
+def test_a_kill_during_an_evaluation_keeps_that_iterations_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed while evaluating iteration 2 of 3: resume trains only iteration 3, and ends where an uninterrupted run ends."""
+    common = [*TOY, "eval.every=1", "eval.episodes=4", "checkpoint.every=1", "train.iterations=3"]
+    one = ript_cfg.main([*common, f"logging.output_dir={tmp_path / 'one'}"])
+    real = trainer.Trainer.evaluate
+
+    def evaluate(self, it, record_video):
+        if it == 2:
+            raise Killed
+        return real(self, it, record_video)
+
+    monkeypatch.setattr(trainer.Trainer, "evaluate", evaluate)
+    with pytest.raises(Killed):
+        ript_cfg.main([*common, f"logging.output_dir={tmp_path / 'two'}"])
+    monkeypatch.undo()
+    two = ript_cfg.main([*common, f"logging.output_dir={tmp_path / 'two'}", "checkpoint.resume=auto"])
+    assert [r["iteration"] for r in _rows(tmp_path / "two")] == ["1", "3"]  # iteration 2's update was not redone
+    a, b = _params(one["last_checkpoint"]), _params(two["last_checkpoint"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
