@@ -139,7 +139,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     collect_threads: Optional[int] = None  # torch threads while collecting and evaluating; None: cores minus env worker processes (>= 1)
-    update_threads: Optional[int] = None  # torch threads while updating (the env workers wait meanwhile); None: as while collecting
+    update_threads: Optional[int] = None  # torch threads while updating (the env workers wait meanwhile); None: all cores
 
 
 @dataclass

@@ -236,13 +236,12 @@ def available_cores() -> int:
 def phase_threads(cfg: RIPTConfig) -> tuple[int, int]:
     """Torch threads for (collection, update): while collecting, env workers in their own processes hold one core each.
 
-    The automatic update count equals the collection's (torchrl's own choice while workers live): whether
-    more threads speed up an update of a small policy on a small machine is for `benchmarks/iteration_profile.py` to show.
+    The workers wait while the policy updates, so the update takes every core (`benchmarks/update_threads.py`).
     """
     cores = available_cores()
     worker_processes = cfg.env.num_envs if cfg.env.num_envs > 1 and (cfg.env.kind == "libero" or cfg.env.toy_parallel) else 0
     collect = cfg.train.collect_threads or max(1, cores - worker_processes)
-    return collect, cfg.train.update_threads or collect
+    return collect, cfg.train.update_threads or cores
 
 
 @contextlib.contextmanager

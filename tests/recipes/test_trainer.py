@@ -103,14 +103,14 @@ def test_a_missing_final_evaluation_is_retried_and_resume_completes_it(tmp_path:
 
 
 def test_thread_counts_per_phase(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Collection leaves one core per env worker process, updates follow unless told; explicit counts win; OMP_NUM_THREADS caps."""
+    """Collection leaves one core per env worker process, updates take every core; explicit counts win; OMP_NUM_THREADS caps."""
     import os
 
     from ript.recipes.training.factories import phase_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert phase_threads(load_config("quick_test", ["env.num_envs=2"])) == (2, 2)
+    assert phase_threads(load_config("quick_test", ["env.num_envs=2"])) == (2, 4)
     assert phase_threads(load_config("quick_test", ["env.num_envs=1"])) == (4, 4)  # the simulator runs in this process
     assert phase_threads(load_config("quick_test", ["env.num_envs=6", "train.update_threads=4"])) == (1, 4)
     assert phase_threads(load_config("quick_test", ["train.collect_threads=3", "train.update_threads=2"])) == (3, 2)
