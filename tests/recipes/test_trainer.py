@@ -112,7 +112,7 @@ def test_thread_counts_per_phase(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert phase_threads(load_config("quick_test", ["env.num_envs=2"])) == (2, 4)
     assert phase_threads(load_config("quick_test", ["env.num_envs=1"])) == (4, 4)  # the simulator runs in this process
-    assert phase_threads(load_config("quick_test", ["env.num_envs=6", "train.update_threads=4"])) == (1, 4)
+    assert phase_threads(load_config("quick_test", ["env.num_envs=6"])) == (1, 4)
     assert phase_threads(load_config("quick_test", ["train.collect_threads=3", "train.update_threads=2"])) == (3, 2)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's default per rank
     assert phase_threads(load_config("quick_test", ["env.num_envs=1"])) == (1, 1)
